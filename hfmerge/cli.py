@@ -1,0 +1,109 @@
+"""The ``hfmerge`` command: a thin layer over the library. User errors print one line and exit 1."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from hfmerge.errors import HfMergeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Merge fine-tuned checkpoints of one base model, with the MergeBench methods.")
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise HfMergeError(f"--set {pair!r} must look like name=value, e.g. --set density=0.2")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+def merge(
+    args: Annotated[list[str] | None, typer.Argument(
+        help="CONFIG.yaml, or (with --models) further expert paths/ids", show_default=False)] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder (appears only when complete)")] = ...,
+    method: Annotated[str | None, typer.Option(help="merge method (see `hfmerge methods`)")] = None,
+    base: Annotated[str | None, typer.Option(help="base model: folder or Hub id org/name[@rev]")] = None,
+    models: Annotated[list[str] | None, typer.Option(help="expert folders or Hub ids")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="method parameter name=value (repeatable)")] = None,
+    dtype: Annotated[str | None, typer.Option(help="output dtype: bfloat16|float16|float32 (default: base's)")] = None,
+    shard_size: Annotated[str, typer.Option(help="max bytes per output shard, e.g. 5GB, 500MB")] = "5GB",
+    seed: Annotated[int | None, typer.Option(help="random seed (DARE)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
+    device: Annotated[str, typer.Option(help="device for the arithmetic: cpu, cuda, mps")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Merge a base model and its experts: `hfmerge merge CONFIG.yaml -o OUT` or
+    `hfmerge merge --method ties --base B --models E1 E2 --set density=0.2 -o OUT`."""
+    from hfmerge.config import MergeConfig
+    from hfmerge.engine import merge as run_merge
+
+    args = list(args or [])
+    if models:
+        if not (method and base):
+            raise HfMergeError("the flag form needs --method, --base and --models")
+        data = {"method": method, "base_model": base, "models": [*models, *args]}
+        config = MergeConfig.from_dict(data, "command line")
+    else:
+        if len(args) != 1 or method or base:
+            raise HfMergeError("give one CONFIG.yaml, or --method/--base/--models (see hfmerge merge --help)")
+        config = MergeConfig.from_file(args[0])
+    config.parameters.update(parse_sets(set_ or []))
+    if dtype:
+        from hfmerge.config import normalize_dtype
+
+        config.dtype = normalize_dtype(dtype)
+    if seed is not None:
+        config.seed = seed
+    report = run_merge(config, output, shard_size=shard_size, overwrite=overwrite, device=device, progress=not quiet)
+    typer.echo(
+        f"merged {len(config.models)} experts with {report['method']} into {output} "
+        f"({report['bytes_written'] / 1e9:.2f} GB, {report['wall_seconds']:.1f} s, "
+        f"peak RSS {report['peak_rss_bytes'] / 2**30:.2f} GiB)"
+    )
+
+
+@app.command()
+def methods() -> None:
+    """List the merge methods with their parameters, defaults and ranges."""
+    from hfmerge.methods.registry import METHODS
+
+    for m in METHODS.values():
+        typer.echo(f"{m.name:16s} {m.summary}\n{'':16s} {m.formula}\n{'':16s} {m.paper}")
+        for name, p in m.params.items():
+            typer.echo(f"{'':18s}{name} = {p.default!s:8s} {p.describe():12s} {p.help}")
+        typer.echo("")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except HfMergeError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: nothing was written", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

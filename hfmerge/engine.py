@@ -1,0 +1,325 @@
+"""The streaming merge: validate, plan, run the declared selection passes, stream every tensor through
+the method in fp32 row chunks into the shard writer, and publish the output folder atomically.
+
+Peak memory ≈ (N + 1) input chunks in fp32 plus the method's temporaries (a few × N chunks), and a
+prefetched chunk read ahead in a thread: it depends on ``chunk_numel`` and the number of experts,
+never on the model size.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import resource
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from hfmerge import __version__
+from hfmerge.config import MergeConfig
+from hfmerge.errors import HfMergeError
+from hfmerge.methods.base import Chunk, Method, Quantile
+from hfmerge.methods.registry import get_method
+from hfmerge.methods.selection import RadixSelect, kth_smallest, rank_for_density
+from hfmerge.sources import DTYPE_NAMES, DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint
+from hfmerge.writer import OutTensor, ShardWriter, parse_size
+
+DEFAULT_CHUNK_NUMEL = 1 << 22
+COPIED_FILES = (
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+)
+CONFIG_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "intermediate_size",
+               "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    info: TensorInfo  # in the base
+    merged: bool
+    out_dtype: str
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def is_skipped(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def validate(base: Checkpoint, experts: list[Checkpoint], skip: list[str]) -> list[str]:
+    """Check the experts are fine-tunes of the base; returns the names of the tensors to merge."""
+    for e in experts:
+        for key in CONFIG_KEYS:
+            if base.config.get(key) != e.config.get(key):
+                raise HfMergeError(
+                    f"{e.ref} differs from the base {base.ref} in config {key} "
+                    f"({e.config.get(key)!r} vs {base.config.get(key)!r}): experts must be fine-tunes of the base"
+                )
+    merged = [n for n, t in base.tensors.items() if t.dtype in FLOAT_DTYPES and not is_skipped(n, skip)]
+    for e in experts:
+        missing = [n for n in merged if n not in e.tensors]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise HfMergeError(f"{e.ref} lacks tensor {missing[0]}{more} that the base {base.ref} has")
+        extra = [n for n in e.tensors if n not in base.tensors and not is_skipped(n, skip)]
+        if extra:
+            raise HfMergeError(f"{e.ref} has tensor {extra[0]} that the base {base.ref} lacks")
+        for n in merged:
+            a, b = base.tensors[n].shape, e.tensors[n].shape
+            if a != b:
+                if a[1:] == b[1:] and ("embed" in n or "lm_head" in n):
+                    raise HfMergeError(
+                        f"{n}: {e.ref} has {b[0]} rows, the base has {a[0]} (vocab sizes differ); keep embeddings "
+                        "and lm_head from the base (the default skip) or resize the vocabularies first"
+                    )
+                raise HfMergeError(f"{n}: shape {list(b)} in {e.ref} differs from {list(a)} in the base {base.ref}")
+    return merged
+
+
+def resolve_dtype(config: MergeConfig, base: Checkpoint) -> str:
+    name = config.dtype or base.config.get("dtype") or base.config.get("torch_dtype")
+    if name in ("bfloat16", "float16", "float32"):
+        return name
+    floats = [t.dtype for t in base.tensors.values() if t.dtype in FLOAT_DTYPES]
+    return {"BF16": "bfloat16", "F16": "float16"}.get(floats[0] if floats else "F32", "float32")
+
+
+class Merger:
+    """One merge run over opened checkpoints. Use :func:`merge` for the whole job."""
+
+    def __init__(self, config: MergeConfig, base: Checkpoint, experts: list[Checkpoint], *,
+                 device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL, progress: bool = True):
+        self.config, self.base, self.experts = config, base, experts
+        self.method: Method = get_method(config.method)
+        self.params = self.method.resolve(config.parameters)
+        if not self.method.weighted and any(m.weight != 1.0 for m in config.models):
+            raise HfMergeError(f"method {self.method.name} does not take per-model weights")
+        if len(experts) < self.method.min_experts:
+            raise HfMergeError(f"method {self.method.name} needs at least {self.method.min_experts} experts")
+        if self.method.name == "consensus" and self.params["k"] > len(experts):
+            raise HfMergeError(f"consensus parameter k={self.params['k']} exceeds the {len(experts)} experts")
+        self.device = torch.device(device)
+        self.chunk_numel = chunk_numel
+        self.progress = progress
+        self.weights = [m.weight for m in config.models]
+        merged = set(validate(base, experts, config.skip))
+        out_dtype = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[resolve_dtype(config, base)]
+        self.out_dtype_name = resolve_dtype(config, base)
+        self.plan = [
+            PlannedTensor(t, t.name in merged, out_dtype if t.dtype in FLOAT_DTYPES else t.dtype)
+            for t in sorted(base.tensors.values(), key=lambda t: (t.file, t.start))
+        ]
+        self.quantiles: list[Quantile] = self.method.quantiles(self.params)
+        self.thresholds: dict[str, torch.Tensor] = {}
+
+    # ---- reading ------------------------------------------------------------------------------------------
+    def _ranges(self, info: TensorInfo) -> list[tuple[int, int]]:
+        step = max(1, self.chunk_numel // max(1, info.row_numel))
+        return [(r, min(step, info.rows - r)) for r in range(0, info.rows, step)]
+
+    def _read(self, name: str, first: int, rows: int) -> list[torch.Tensor]:
+        return [c.read(name, first, rows) for c in (self.base, *self.experts)]
+
+    def _chunks(self, infos: list[TensorInfo]) -> Iterator[tuple[TensorInfo, int, Chunk]]:
+        """Chunks of the given tensors in order, each read one step ahead in a background thread."""
+        jobs = [(info, first, rows) for info in infos for first, rows in self._ranges(info)]
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self._read, jobs[0][0].name, *jobs[0][1:]) if jobs else None
+            for i, (info, first, _rows) in enumerate(jobs):
+                tensors = pending.result()
+                if i + 1 < len(jobs):
+                    pending = pool.submit(self._read, jobs[i + 1][0].name, *jobs[i + 1][1:])
+                fp32 = [t.to(self.device, torch.float32) for t in tensors]
+                chunk = Chunk(info.name, first * info.row_numel, fp32[0], fp32[1:], self.weights, self.config.seed,
+                              self.thresholds)
+                yield info, first, chunk
+
+    # ---- selection passes -----------------------------------------------------------------------------------
+    def _select(self, infos: list[TensorInfo], quantiles: list[Quantile], label: str) -> None:
+        """Exact per-task thresholds of |τᵢ| over ``infos`` for each quantile, into self.thresholds."""
+        if len(infos) == 1 and len(self._ranges(infos[0])) == 1:
+            return  # done in memory from the chunk itself (see _merge_tensor)
+        n = len(self.experts)
+        selectors = {q.key: [RadixSelect() for _ in range(n)] for q in quantiles}
+        total = sum(len(self._ranges(i)) for i in infos)
+        for pass_no in (1, 2):
+            bar = tqdm(total=total, desc=f"{label} pass {pass_no}/2", unit="chunk", disable=not self.progress,
+                       leave=False)
+            for _, _, chunk in self._chunks(infos):
+                mags = chunk.task_vectors().abs_()
+                for q in quantiles:
+                    for i, sel in enumerate(selectors[q.key]):
+                        (sel.feed_high if pass_no == 1 else sel.feed_low)(mags[i])
+                bar.update()
+            bar.close()
+            if pass_no == 1:
+                again = [sel.choose_bucket(rank_for_density(sel.n, q.density))
+                         for q in quantiles for sel in selectors[q.key]]
+                if not any(again):
+                    break
+        for q in quantiles:
+            self.thresholds[q.key] = torch.tensor([sel.value() for sel in selectors[q.key]])
+
+    # ---- merging ----------------------------------------------------------------------------------------------
+    def _merge_tensor(self, p: PlannedTensor, writer: ShardWriter, bar: tqdm) -> None:
+        local = [q for q in self.quantiles if q.scope == "tensor"]
+        if local:
+            self._select([p.info], local, f"top-k {p.info.name}")
+        single = len(self._ranges(p.info)) == 1
+        dtype = DTYPES[p.out_dtype]
+        for _, _, chunk in self._chunks([p.info]):
+            if local and single:
+                mags = chunk.task_vectors().abs_()
+                for q in local:
+                    k = rank_for_density(mags[0].numel(), q.density)
+                    self.thresholds[q.key] = torch.tensor([kth_smallest(m, k) for m in mags])
+            out = self.method.merge(chunk, self.params)
+            writer.write(out.to(dtype).cpu())
+            bar.update(out.numel() * dtype.itemsize)
+
+    def _copy_tensor(self, p: PlannedTensor, writer: ShardWriter, bar: tqdm) -> None:
+        """Copy a base tensor through: raw bytes when the dtype is unchanged, else converted by chunks."""
+        for first, rows in self._ranges(p.info):
+            if p.out_dtype == p.info.dtype:
+                data = self.base.read_bytes(p.info, first, rows)
+            else:
+                data = self.base.read(p.info.name, first, rows).to(DTYPES[p.out_dtype])
+            writer.write(data)
+            bar.update(len(data) if not isinstance(data, torch.Tensor) else data.numel() * data.element_size())
+
+    def run(self, folder: Path, shard_size: int) -> dict:
+        t0 = time.perf_counter()
+        global_q = [q for q in self.quantiles if q.scope == "global"]
+        merged = [p.info for p in self.plan if p.merged]
+        if global_q and merged:
+            self._select(merged, global_q, "global top-k")
+        writer = ShardWriter(folder, [OutTensor(p.info.name, p.out_dtype, p.info.shape) for p in self.plan],
+                             shard_size)
+        total = sum(OutTensor(p.info.name, p.out_dtype, p.info.shape).nbytes for p in self.plan)
+        bar = tqdm(total=total, desc=f"merge ({self.method.name})", unit="B", unit_scale=True,
+                   disable=not self.progress)
+        try:
+            for p in self.plan:
+                writer.begin(p.info.name)
+                (self._merge_tensor if p.merged else self._copy_tensor)(p, writer, bar)
+            files = writer.finish()
+        finally:
+            writer.abort()
+            bar.close()
+        return {
+            "shards": files,
+            "tensors_merged": len(merged),
+            "tensors_copied": len(self.plan) - len(merged),
+            "bytes_written": writer.bytes_written,
+            "merge_seconds": round(time.perf_counter() - t0, 3),
+        }
+
+
+def _write_metadata(folder: Path, config: MergeConfig, merger: Merger, base: Checkpoint) -> None:
+    cfg = dict(base.config)
+    cfg["dtype"] = merger.out_dtype_name
+    if "torch_dtype" in cfg:
+        cfg["torch_dtype"] = merger.out_dtype_name
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    for f in COPIED_FILES:
+        if f in base.files:
+            base.reader.copy_to(f, folder / f)
+
+
+def resolved_config(config: MergeConfig, merger: Merger) -> dict:
+    d = config.to_dict()
+    d["parameters"] = {k: v for k, v in merger.params.items() if v is not None}
+    d["dtype"] = merger.out_dtype_name
+    d["revisions"] = {c.ref: c.revision for c in (merger.base, *merger.experts) if c.revision}
+    return d
+
+
+def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB", overwrite: bool = False,
+          device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL, progress: bool = True) -> dict:
+    """Merge ``config`` into the folder ``out``; returns the merge report (also written as merge_report.json).
+
+    The output appears only when complete (written to a sibling temp folder, then renamed)."""
+    start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise HfMergeError(f"output {out} already exists: pass --overwrite or choose another folder")
+    shard_bytes = parse_size(shard_size)
+    if device != "cpu" and not _device_available(device):
+        raise HfMergeError(f"device {device!r} is not available here (use cpu)")
+    sources: list[Checkpoint] = []
+    try:
+        for ref in [config.base_model, *(m.source for m in config.models)]:
+            sources.append(open_checkpoint(ref))
+        base, experts = sources[0], sources[1:]
+        merger = Merger(config, base, experts, device=device, chunk_numel=chunk_numel, progress=progress)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.hfmerge-tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            stats = merger.run(tmp, shard_bytes)
+            _write_metadata(tmp, config, merger, base)
+            resolved = resolved_config(config, merger)
+            (tmp / "hfmerge.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+            report = {
+                "hfmerge_version": __version__,
+                "torch_version": torch.__version__,
+                "method": merger.method.name,
+                "parameters": resolved["parameters"],
+                "dtype": merger.out_dtype_name,
+                "device": device,
+                "sources": [
+                    {"role": "base" if c is base else "expert", "ref": c.ref, "revision": c.revision,
+                     "weight_bytes": c.weight_bytes, "bytes_read": c.bytes_read}
+                    for c in sources
+                ],
+                "bytes_read": sum(c.bytes_read for c in sources),
+                **stats,
+                "wall_seconds": round(time.perf_counter() - start, 3),
+                "peak_rss_bytes": peak_rss_bytes(),
+            }
+            (tmp / "merge_report.json").write_text(json.dumps(report, indent=2) + "\n")
+            from hfmerge.card import write_card
+
+            write_card(tmp, resolved, report)
+            _publish(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return report
+    finally:
+        for c in sources:
+            c.close()
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Atomically replace ``out`` with ``tmp`` (the old folder is removed only after the swap)."""
+    if out.exists():
+        trash = out.parent / f".{out.name}.hfmerge-old-{os.getpid()}"
+        os.rename(out, trash)
+        os.rename(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def _device_available(device: str) -> bool:
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        return torch.backends.mps.is_available()
+    return False
+
+
+__all__ = ["merge", "Merger", "validate", "DTYPE_NAMES"]

@@ -1,0 +1,1 @@
+"""Merge methods: pure functions of fp32 tensors (see registry.METHODS)."""

@@ -1,0 +1,111 @@
+"""What a method is: a pure function of fp32 tensors, a parameter schema, and the passes it needs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from hfmerge.errors import HfMergeError
+
+
+@dataclass
+class Chunk:
+    """A row range of one tensor, as every method sees it (all fp32, same shape)."""
+
+    name: str  # tensor name in the checkpoint
+    offset: int  # flat index of this chunk's first element within the tensor
+    base: torch.Tensor
+    experts: list[torch.Tensor]
+    weights: list[float]
+    seed: int = 0
+    thresholds: dict[str, torch.Tensor] = field(default_factory=dict)  # Quantile.key -> [N] thresholds
+
+    def task_vectors(self) -> torch.Tensor:
+        """τᵢ = wᵢ·(θᵢ − θ₀), stacked as [N, *shape]."""
+        taus = torch.stack(self.experts)
+        taus -= self.base
+        if any(w != 1.0 for w in self.weights):
+            taus *= torch.tensor(self.weights, dtype=taus.dtype, device=taus.device).view(-1, *[1] * self.base.dim())
+        return taus
+
+
+@dataclass(frozen=True)
+class Quantile:
+    """A streaming pass a step needs: per task, the threshold that keeps the top ``density`` of |τᵢ|
+    over one tensor (scope ``tensor``) or over every merged tensor of the model (scope ``global``)."""
+
+    key: str
+    density: float
+    scope: str
+
+
+@dataclass(frozen=True)
+class Param:
+    """One method parameter: default, type, and the interval or choices it must lie in."""
+
+    default: float | int | str | None
+    help: str
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        if self.choices:
+            return "|".join(self.choices)
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return ("(" if self.low_open or self.low is None else "[") + f"{lo}, {hi}" + (
+            ")" if self.high_open or self.high is None else "]"
+        )
+
+    def check(self, method: str, name: str, value: object) -> object:
+        where = f"{method} parameter {name}={value!r}"
+        if self.choices:
+            if value not in self.choices:
+                raise HfMergeError(f"{where} is not one of {', '.join(self.choices)}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise HfMergeError(f"{where} must be a number in {self.describe()}")
+        if self.kind is int:
+            if float(value) != int(value):
+                raise HfMergeError(f"{where} must be an integer")
+            value = int(value)
+        else:
+            value = float(value)
+        bad = not math.isfinite(value)
+        bad |= self.low is not None and (value < self.low or (self.low_open and value == self.low))
+        bad |= self.high is not None and (value > self.high or (self.high_open and value == self.high))
+        if bad:
+            raise HfMergeError(f"{where} is out of range: it must lie in {self.describe()}")
+        return value
+
+
+@dataclass(frozen=True)
+class Method:
+    """A merge method. ``merge(chunk, params)`` is pure tensor math; ``quantiles(params)`` lists the
+    streaming top-k passes it needs before merging; ``elementwise`` says chunks may be any row range."""
+
+    name: str
+    summary: str
+    formula: str
+    paper: str
+    params: dict[str, Param]
+    merge: Callable[[Chunk, dict], torch.Tensor]
+    quantiles: Callable[[dict], list[Quantile]] = lambda params: []
+    weighted: bool = True
+    min_experts: int = 1
+
+    def resolve(self, given: dict) -> dict:
+        """Defaults filled in, unknown names and out-of-range values refused."""
+        unknown = sorted(set(given) - set(self.params))
+        if unknown:
+            valid = ", ".join(self.params) or "none"
+            raise HfMergeError(f"unknown parameter {unknown[0]!r} for method {self.name} (valid: {valid})")
+        return {k: p.check(self.name, k, given.get(k, p.default)) if (k in given or p.default is not None)
+                else None for k, p in self.params.items()}

@@ -1,0 +1,73 @@
+"""Exact top-k thresholds over streams of |τ| values, without ever holding the stream.
+
+A task keeps the entries whose magnitude is at least the k-th smallest value, with
+k = n − ⌊n·density⌋ (the rule of the TIES reference code, ``kthvalue`` on |τ|). For values
+that fit in memory :func:`kth_smallest` uses ``torch.kthvalue``; for a stream (a whole model, or a
+tensor read in chunks) :class:`RadixSelect` finds the same value exactly in two passes: non-negative
+float32 values order like their bit patterns, so a histogram of the high 16 bits finds the bucket of
+the k-th value and a histogram of the low 16 bits inside that bucket finds the value itself. Memory:
+two 64 Ki-entry int64 histograms per task.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_BINS = 1 << 16
+
+
+def rank_for_density(n: int, density: float) -> int:
+    """1-based rank of the threshold among n ascending values (0 means keep everything)."""
+    return n - math.floor(n * density)
+
+
+def kth_smallest(values: torch.Tensor, k: int) -> float:
+    """The k-th smallest (1-based) of ``values``; 0.0 when k == 0 (everything is kept)."""
+    if k <= 0:
+        return 0.0
+    return float(values.reshape(-1).float().kthvalue(k).values)
+
+
+def _bits(values: torch.Tensor) -> torch.Tensor:
+    return values.reshape(-1).float().contiguous().view(torch.int32)
+
+
+class RadixSelect:
+    """Streaming exact k-th smallest of non-negative float32 values (feed every value twice)."""
+
+    def __init__(self) -> None:
+        self.high = torch.zeros(_BINS, dtype=torch.int64)
+        self.low = torch.zeros(_BINS, dtype=torch.int64)
+        self.n = 0
+        self._bucket: int | None = None
+        self._k = 0
+
+    def feed_high(self, values: torch.Tensor) -> None:
+        """First pass: count the high 16 bits of every value."""
+        self.high += torch.bincount((_bits(values) >> 16).cpu(), minlength=_BINS)
+        self.n += values.numel()
+
+    def choose_bucket(self, k: int) -> bool:
+        """After the first pass: fix the bucket of the k-th value. False when no second pass is needed."""
+        self._k = k
+        if k <= 0:
+            return False
+        cum = torch.cumsum(self.high, 0)
+        self._bucket = int(torch.searchsorted(cum, torch.tensor(k)))
+        self._k = k - (int(cum[self._bucket - 1]) if self._bucket else 0)
+        return True
+
+    def feed_low(self, values: torch.Tensor) -> None:
+        """Second pass: count the low 16 bits of the values inside the chosen bucket."""
+        bits = _bits(values)
+        inside = bits[(bits >> 16) == self._bucket] & 0xFFFF
+        self.low += torch.bincount(inside.cpu(), minlength=_BINS)
+
+    def value(self) -> float:
+        if self._bucket is None:
+            return 0.0
+        low = int(torch.searchsorted(torch.cumsum(self.low, 0), torch.tensor(self._k)))
+        bits = torch.tensor([(self._bucket << 16) | low], dtype=torch.int32)
+        return float(bits.view(torch.float32))

@@ -1,0 +1,38 @@
+"""TIES-Merging (Yadav et al., 2023, "TIES-Merging: Resolving interference when merging models")."""
+
+import torch
+
+from hfmerge.methods import steps
+from hfmerge.methods.base import Chunk, Method, Param, Quantile
+from hfmerge.methods.task_arithmetic import SCALING
+
+DENSITY = Param(0.2, "K, the fraction of each |τᵢ| kept", low=0.0, high=1.0, low_open=True)
+SCOPE = Param("global", "top-k over the whole model per task (MergeBench) or per tensor (mergekit)",
+              kind=str, choices=("global", "tensor"))
+
+
+def quantiles(params: dict) -> list[Quantile]:
+    return [Quantile("trim", params["density"], params["topk_scope"])]
+
+
+def merge(chunk: Chunk, params: dict) -> torch.Tensor:
+    """Trim to the top-K of |τᵢ|, elect γ = sign(Σ τ̂ᵢ), combine the agreeing entries, θ₀ + λ·combined."""
+    combine = steps.combine_disjoint_mean if params["aggregate"] == "mean" else steps.combine_sum
+    return steps.task_vector_merge(chunk, [steps.topk("trim"), steps.elect_sign], combine, params["scaling"])
+
+
+METHOD = Method(
+    name="ties",
+    summary="TIES: trim to the top-K magnitudes, elect signs, merge the agreeing entries",
+    formula="τ̂ᵢ = τᵢ⊙1{|τᵢ| ≥ tᵢ(K)};  γ = sign(Σ τ̂ᵢ);  θ = θ₀ + λ·agg{τ̂ᵢ : sign(τ̂ᵢ) = γ}",
+    paper="Yadav et al. 2023, TIES-Merging (arXiv:2306.01708)",
+    params={
+        "density": DENSITY,
+        "scaling": SCALING,
+        "aggregate": Param("sum", "sum (MergeBench code) or disjoint mean (TIES paper, mergekit)", kind=str,
+                           choices=("sum", "mean")),
+        "topk_scope": SCOPE,
+    },
+    merge=merge,
+    quantiles=quantiles,
+)

@@ -1,0 +1,240 @@
+"""Lazy access to the tensors of a checkpoint, wherever its bytes live.
+
+A :class:`Checkpoint` parses only the safetensors headers; tensor data (or a row range of a tensor) is
+read on demand by byte range through a :class:`Reader`. The local reader uses ``os.pread`` into fresh
+buffers, so nothing stays mapped or resident after a tensor is consumed. Pickle checkpoints are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import threading
+from dataclasses import dataclass
+from math import prod
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from hfmerge.errors import HfMergeError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+INDEX_FILE = "model.safetensors.index.json"
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, absolute byte offset, dtype and shape."""
+
+    name: str
+    file: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    nbytes: int
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype].itemsize
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def row_numel(self) -> int:
+        return prod(self.shape[1:]) if self.shape else 1
+
+
+class Reader(Protocol):
+    """Byte access to the files of one checkpoint (a local folder, a Hub repo, ...)."""
+
+    label: str
+    revision: str | None
+
+    def list_files(self) -> list[str]: ...
+
+    def read_range(self, file: str, offset: int, length: int) -> bytes | bytearray: ...
+
+    def read_file(self, file: str) -> bytes | None:
+        """The whole (small) file, or None when it does not exist."""
+        ...
+
+    def copy_to(self, file: str, dest: Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalReader:
+    """Reads a local folder with ``os.pread`` (thread-safe, no resident mappings)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.label = str(folder)
+        self.revision = None
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def list_files(self) -> list[str]:
+        return sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob("*") if p.is_file())
+
+    def _fd(self, file: str) -> int:
+        with self._lock:
+            fd = self._fds.get(file)
+            if fd is None:
+                try:
+                    fd = os.open(self.folder / file, os.O_RDONLY)
+                except OSError as e:
+                    raise HfMergeError(f"cannot read {self.folder / file}: {e.strerror}") from None
+                self._fds[file] = fd
+            return fd
+
+    def read_range(self, file: str, offset: int, length: int) -> bytearray:
+        buf = bytearray(length)
+        view, fd, done = memoryview(buf), self._fd(file), 0
+        while done < length:
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise HfMergeError(f"{self.folder / file} is truncated (wanted {length} bytes at {offset})")
+            done += n
+        return buf
+
+    def read_file(self, file: str) -> bytes | None:
+        path = self.folder / file
+        return path.read_bytes() if path.is_file() else None
+
+    def copy_to(self, file: str, dest: Path) -> None:
+        shutil.copyfile(self.folder / file, dest)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def parse_header(reader: Reader, file: str) -> dict[str, TensorInfo]:
+    """Tensor locations from one safetensors file's header (8-byte length + JSON)."""
+    try:
+        (n,) = struct.unpack("<Q", bytes(reader.read_range(file, 0, 8)))
+        if n > MAX_HEADER:
+            raise ValueError("header too large")
+        header = json.loads(bytes(reader.read_range(file, 8, n)))
+    except (ValueError, struct.error) as e:
+        raise HfMergeError(f"{reader.label}/{file} is not a valid safetensors file ({e})") from None
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = meta["data_offsets"]
+        if meta["dtype"] not in DTYPES:
+            raise HfMergeError(f"{reader.label}/{file}: tensor {name} has unsupported dtype {meta['dtype']}")
+        out[name] = TensorInfo(name, file, meta["dtype"], tuple(meta["shape"]), 8 + n + begin, end - begin)
+    return out
+
+
+class Checkpoint:
+    """A model checkpoint opened lazily: config, tokenizer files and tensor index, no tensor data."""
+
+    def __init__(self, ref: str, reader: Reader):
+        self.ref = ref
+        self.reader = reader
+        self.bytes_read = 0
+        self._count_lock = threading.Lock()
+        files = reader.list_files()
+        weight_files = self._weight_files(files)
+        self.tensors: dict[str, TensorInfo] = {}
+        for f in weight_files:
+            self.tensors.update(parse_header(reader, f))
+        raw = reader.read_file("config.json")
+        if raw is None:
+            raise HfMergeError(f"{ref} has no config.json: hfmerge merges transformers checkpoints")
+        self.config: dict = json.loads(raw)
+        self.files = files
+        self.weight_bytes = sum(t.nbytes for t in self.tensors.values())
+
+    def _weight_files(self, files: list[str]) -> list[str]:
+        if INDEX_FILE in files:
+            index = json.loads(self.reader.read_file(INDEX_FILE))
+            return sorted(set(index["weight_map"].values()))
+        found = [f for f in files if f.endswith(".safetensors") and "/" not in f]
+        if "adapter_config.json" in files and not found:
+            raise HfMergeError(f"{self.ref} is a LoRA adapter, not a full checkpoint")
+        if not found:
+            pickles = [f for f in files if any(Path(f).match(p) for p in PICKLE_PATTERNS)]
+            if pickles:
+                raise HfMergeError(
+                    f"{self.ref} holds only pickle weights ({pickles[0]}); hfmerge does not unpickle untrusted "
+                    "files: convert it to safetensors first (model.save_pretrained(dir, safe_serialization=True))"
+                )
+            raise HfMergeError(f"{self.ref} has no *.safetensors weights")
+        return sorted(found)
+
+    @property
+    def revision(self) -> str | None:
+        return self.reader.revision
+
+    def read_bytes(self, info: TensorInfo, first_row: int = 0, rows: int | None = None) -> bytearray:
+        rows = info.rows - first_row if rows is None else rows
+        row_bytes = info.row_numel * info.itemsize
+        data = self.reader.read_range(info.file, info.start + first_row * row_bytes, rows * row_bytes)
+        with self._count_lock:
+            self.bytes_read += len(data)
+        return data
+
+    def read(self, name: str, first_row: int = 0, rows: int | None = None) -> torch.Tensor:
+        """Rows ``[first_row, first_row + rows)`` of a tensor, in its stored dtype."""
+        info = self.tensors[name]
+        rows = info.rows - first_row if rows is None else rows
+        data = self.read_bytes(info, first_row, rows)
+        shape = (rows, *info.shape[1:]) if info.shape else ()
+        if not data:
+            return torch.empty(shape, dtype=DTYPES[info.dtype])
+        return torch.frombuffer(data, dtype=DTYPES[info.dtype]).reshape(shape)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?$")
+
+
+def open_checkpoint(ref: str) -> Checkpoint:
+    """Open a checkpoint: a local folder, else a Hub repo ``org/name[@revision]`` read lazily."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return Checkpoint(ref, LocalReader(path.resolve()))
+    if path.exists():
+        raise HfMergeError(f"{ref} is a file; give the checkpoint folder that holds config.json and weights")
+    if HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        try:
+            from hfmerge.hub import open_remote
+        except ImportError:
+            raise HfMergeError(f"{ref} is not a local folder and Hub sources are not available") from None
+        return Checkpoint(ref, open_remote(ref))
+    raise HfMergeError(f"model path {ref} does not exist (give a checkpoint folder or a Hub id org/name)")

@@ -1,0 +1,134 @@
+"""Streaming sharded safetensors output.
+
+The full list of output tensors (names, shapes, dtypes) is known before any data is merged, so every
+shard's header is written first and tensor bytes are then appended in order as they are produced, chunk
+by chunk: no shard is ever held in memory. Files are named like transformers' own
+(``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from hfmerge.errors import HfMergeError
+from hfmerge.sources import DTYPE_NAMES, DTYPES, INDEX_FILE
+
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+         "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5e9 bytes, '500MiB' -> 500·2^20; a bare number is bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in UNITS or float(m.group(1)) <= 0:
+        raise HfMergeError(f"invalid size {text!r}: use e.g. 5GB, 500MB or 2GiB")
+    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    dtype: str  # safetensors dtype name
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        n = DTYPES[self.dtype].itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class ShardWriter:
+    """Writes the planned tensors, in plan order, into shards of at most ``shard_size`` bytes."""
+
+    def __init__(self, folder: Path, tensors: list[OutTensor], shard_size: int):
+        self.folder = folder
+        self.shards: list[list[OutTensor]] = [[]]
+        size = 0
+        for t in tensors:
+            if self.shards[-1] and size + t.nbytes > shard_size:
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append(t)
+            size += t.nbytes
+        n = len(self.shards)
+        self.names = (
+            ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
+        self.order = [(i, t) for i, shard in enumerate(self.shards) for t in shard]
+        self.bytes_written = 0
+        self._pos = -1  # index into self.order of the tensor being written
+        self._left = 0  # bytes still owed for it
+        self._file: BinaryIO | None = None
+        self._shard = -1
+
+    def _open_shard(self, i: int) -> None:
+        if self._file:
+            self._file.close()
+        header, offset = {}, 0
+        for t in self.shards[i]:
+            header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+            offset += t.nbytes
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._file = open(self.folder / self.names[i], "wb")  # noqa: SIM115 - closed in finish()
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._shard = i
+
+    def begin(self, name: str) -> OutTensor:
+        """Start the next tensor of the plan; its bytes follow through :meth:`write`."""
+        if self._left:
+            raise RuntimeError(f"{self.order[self._pos][1].name} is missing {self._left} bytes")
+        self._pos += 1
+        shard, t = self.order[self._pos]
+        if t.name != name:
+            raise RuntimeError(f"writer expected {t.name}, got {name}")
+        if shard != self._shard:
+            self._open_shard(shard)
+        self._left = t.nbytes
+        return t
+
+    def write(self, data: torch.Tensor | bytes | bytearray) -> None:
+        """Append bytes (or a tensor chunk, already in the output dtype) to the current tensor."""
+        if isinstance(data, torch.Tensor):
+            if DTYPE_NAMES[data.dtype] != self.order[self._pos][1].dtype:
+                raise RuntimeError(f"dtype {data.dtype} for {self.order[self._pos][1].name}")
+            data = data.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        if n > self._left:
+            raise RuntimeError(f"too many bytes for {self.order[self._pos][1].name}")
+        self._file.write(data)
+        self._left -= n
+        self.bytes_written += n
+
+    def finish(self) -> list[str]:
+        """Close the last shard and write the index when sharded; returns the file names written."""
+        if self._left or self._pos != len(self.order) - 1:
+            raise RuntimeError("merge ended before every tensor was written")
+        if self._file:
+            self._file.close()
+        elif not self.order:
+            raise HfMergeError("nothing to write: the checkpoint has no tensors")
+        if len(self.names) > 1:
+            index = {
+                "metadata": {"total_size": sum(t.nbytes for _, t in self.order)},
+                "weight_map": {t.name: self.names[i] for i, t in self.order},
+            }
+            (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+            return [*self.names, INDEX_FILE]
+        return list(self.names)
+
+    def abort(self) -> None:
+        if self._file:
+            self._file.close()
