@@ -83,6 +83,17 @@ def methods() -> None:
         typer.echo("")
 
 
+def _register_command_groups() -> None:
+    """Command groups living in their own modules (hub, eval, ...) add themselves to ``app``."""
+    from hfmerge import cli_eval, cli_hub
+
+    cli_hub.register(app)
+    cli_eval.register(app)
+
+
+_register_command_groups()
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
