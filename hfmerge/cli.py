@@ -72,6 +72,33 @@ def merge(
 
 
 @app.command()
+def stats(
+    kind: Annotated[str, typer.Argument(help="fisher | regmean | masks")],
+    model: Annotated[str, typer.Argument(help="the expert: folder or Hub id")],
+    data: Annotated[str, typer.Option(help="its domain's dataset: folder (Hub layout), jsonl/parquet file or Hub id")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for stats.safetensors + stats.json")],
+    samples: Annotated[int, typer.Option(help="examples used")] = 1000,
+    split: Annotated[str, typer.Option(help="dataset split")] = "train",
+    prompt_format: Annotated[str, typer.Option(help="plain | alpaca (MergeBench) | chat")] = "plain",
+    variant: Annotated[str, typer.Option(help="fisher: hard_last (MergeBench) | sft")] = "hard_last",
+    base: Annotated[str | None, typer.Option(help="masks: the base model")] = None,
+    sparsity: Annotated[float, typer.Option(help="masks: initial top-s fraction")] = 0.1,
+    lr: Annotated[float, typer.Option(help="masks: learning rate")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="masks: epochs")] = 1,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Statistics of ONE model on its own data, for fisher, regmean and trained localize_stitch merges."""
+    from hfmerge.config import DEFAULT_SKIP
+    from hfmerge.stats.store import compute_stats
+
+    folder = compute_stats(kind, model, data, out=output, samples=samples, split=split, prompt_format=prompt_format,
+                           fisher_variant=variant, base_ref=base, skip=DEFAULT_SKIP, sparsity=sparsity, lr=lr,
+                           epochs=epochs, seed=seed, progress=not quiet)
+    typer.echo(f"{kind} statistics of {model} written to {folder}")
+
+
+@app.command()
 def methods() -> None:
     """List the merge methods with their parameters, defaults and ranges."""
     from hfmerge.methods.registry import METHODS

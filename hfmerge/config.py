@@ -20,8 +20,12 @@ KEYS = ("method", "base_model", "models", "parameters", "dtype", "skip", "seed")
 
 @dataclass
 class ModelRef:
+    """An expert: its source, weight, and for data-driven methods its data or precomputed statistics."""
+
     source: str
     weight: float = 1.0
+    data: str | None = None  # dataset (local folder/file or Hub id) of the expert's own domain
+    stats: str | None = None  # folder made by `hfmerge stats` (skips computing them)
 
 
 @dataclass
@@ -78,7 +82,10 @@ class MergeConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["models"] = [{"model": m.source, "weight": m.weight} if m.weight != 1.0 else m.source for m in self.models]
+        d["models"] = [
+            {k: v for k, v in asdict(m).items() if v is not None and (k != "weight" or v != 1.0)} for m in self.models
+        ]
+        d["models"] = [m["source"] if len(m) == 1 else {"model": m.pop("source"), **m} for m in d["models"]]
         return d
 
 
@@ -93,12 +100,12 @@ def normalize_dtype(dtype: object) -> str | None:
 def _model_ref(m: object, origin: str) -> ModelRef:
     if isinstance(m, str):
         return ModelRef(m)
-    if isinstance(m, dict) and set(m) <= {"model", "weight"} and isinstance(m.get("model"), str):
+    if isinstance(m, dict) and set(m) <= {"model", "weight", "data", "stats"} and isinstance(m.get("model"), str):
         w = m.get("weight", 1.0)
         if isinstance(w, bool) or not isinstance(w, int | float) or w == 0:
             raise HfMergeError(f"{origin}: weight of {m['model']} must be a non-zero number")
-        return ModelRef(m["model"], float(w))
-    raise HfMergeError(f"{origin}: model entry {m!r} must be a path/id or {{model: ..., weight: ...}}")
+        return ModelRef(m["model"], float(w), m.get("data"), m.get("stats"))
+    raise HfMergeError(f"{origin}: model entry {m!r} must be a path/id or {{model:, weight:, data:, stats:}}")
 
 
 # ---- mergekit-style configs ------------------------------------------------------------------------------

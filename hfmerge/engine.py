@@ -29,7 +29,8 @@ from hfmerge.errors import HfMergeError
 from hfmerge.methods.base import Chunk, Method, Quantile
 from hfmerge.methods.registry import get_method
 from hfmerge.methods.selection import RadixSelect, kth_smallest, rank_for_density
-from hfmerge.sources import DTYPE_NAMES, DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint
+from hfmerge.sources import DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint
+from hfmerge.stats.store import open_stats
 from hfmerge.writer import OutTensor, ShardWriter, parse_size
 
 DEFAULT_CHUNK_NUMEL = 1 << 22
@@ -98,8 +99,9 @@ class Merger:
     """One merge run over opened checkpoints. Use :func:`merge` for the whole job."""
 
     def __init__(self, config: MergeConfig, base: Checkpoint, experts: list[Checkpoint], *,
-                 device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL, progress: bool = True):
-        self.config, self.base, self.experts = config, base, experts
+                 stats: list[Checkpoint] | None = None, device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL,
+                 progress: bool = True):
+        self.config, self.base, self.experts, self.stats = config, base, experts, stats
         self.method: Method = get_method(config.method)
         self.params = self.method.resolve(config.parameters)
         if not self.method.weighted and any(m.weight != 1.0 for m in config.models):
@@ -121,27 +123,40 @@ class Merger:
         ]
         self.quantiles: list[Quantile] = self.method.quantiles(self.params)
         self.thresholds: dict[str, torch.Tensor] = {}
+        spec = self.method.stats(self.params)
+        if spec and (stats is None or len(stats) != len(experts)):
+            raise HfMergeError(f"method {self.method.name} needs {spec.kind} statistics for every expert")
+        self.rowwise_stats = bool(spec and spec.elementwise)
+        self._whole_stats: list[torch.Tensor | None] | None = None  # per-tensor statistics (RegMean Grams)
 
     # ---- reading ------------------------------------------------------------------------------------------
     def _ranges(self, info: TensorInfo) -> list[tuple[int, int]]:
         step = max(1, self.chunk_numel // max(1, info.row_numel))
         return [(r, min(step, info.rows - r)) for r in range(0, info.rows, step)]
 
-    def _read(self, name: str, first: int, rows: int) -> list[torch.Tensor]:
-        return [c.read(name, first, rows) for c in (self.base, *self.experts)]
+    def _read(self, name: str, first: int, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor | None] | None]:
+        weights = [c.read(name, first, rows) for c in (self.base, *self.experts)]
+        if not self.rowwise_stats:
+            return weights, self._whole_stats
+        return weights, [s.read(name, first, rows) if name in s.tensors else None for s in self.stats]
 
     def _chunks(self, infos: list[TensorInfo]) -> Iterator[tuple[TensorInfo, int, Chunk]]:
         """Chunks of the given tensors in order, each read one step ahead in a background thread."""
         jobs = [(info, first, rows) for info in infos for first, rows in self._ranges(info)]
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(self._read, jobs[0][0].name, *jobs[0][1:]) if jobs else None
+            memo: dict = {}
             for i, (info, first, _rows) in enumerate(jobs):
-                tensors = pending.result()
+                tensors, stats = pending.result()
                 if i + 1 < len(jobs):
                     pending = pool.submit(self._read, jobs[i + 1][0].name, *jobs[i + 1][1:])
+                if first == 0:
+                    memo = {}
                 fp32 = [t.to(self.device, torch.float32) for t in tensors]
+                if stats is not None:
+                    stats = [None if s is None else s.to(self.device, torch.float32) for s in stats]
                 chunk = Chunk(info.name, first * info.row_numel, fp32[0], fp32[1:], self.weights, self.config.seed,
-                              self.thresholds)
+                              self.thresholds, stats, memo)
                 yield info, first, chunk
 
     # ---- selection passes -----------------------------------------------------------------------------------
@@ -177,6 +192,8 @@ class Merger:
             self._select([p.info], local, f"top-k {p.info.name}")
         single = len(self._ranges(p.info)) == 1
         dtype = DTYPES[p.out_dtype]
+        if self.stats and not self.rowwise_stats:
+            self._whole_stats = [s.read(p.info.name) if p.info.name in s.tensors else None for s in self.stats]
         for _, _, chunk in self._chunks([p.info]):
             if local and single:
                 mags = chunk.task_vectors().abs_()
@@ -186,6 +203,7 @@ class Merger:
             out = self.method.merge(chunk, self.params)
             writer.write(out.to(dtype).cpu())
             bar.update(out.numel() * dtype.itemsize)
+        self._whole_stats = None
 
     def _copy_tensor(self, p: PlannedTensor, writer: ShardWriter, bar: tqdm) -> None:
         """Copy a base tensor through: raw bytes when the dtype is unchanged, else converted by chunks."""
@@ -257,17 +275,22 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
     if device != "cpu" and not _device_available(device):
         raise HfMergeError(f"device {device!r} is not available here (use cpu)")
     sources: list[Checkpoint] = []
+    sources_to_close: list[Checkpoint] = []
     try:
         for ref in [config.base_model, *(m.source for m in config.models)]:
             sources.append(open_checkpoint(ref))
         base, experts = sources[0], sources[1:]
-        merger = Merger(config, base, experts, device=device, chunk_numel=chunk_numel, progress=progress)
+        stats = resolve_stats(config, progress)
+        stat_sources = [open_stats(f, kind) for f, kind in stats]
+        sources_to_close.extend(stat_sources)
+        merger = Merger(config, base, experts, stats=stat_sources or None, device=device, chunk_numel=chunk_numel,
+                        progress=progress)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.hfmerge-tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            stats = merger.run(tmp, shard_bytes)
+            run_stats = merger.run(tmp, shard_bytes)
             _write_metadata(tmp, config, merger, base)
             resolved = resolved_config(config, merger)
             (tmp / "hfmerge.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
@@ -283,8 +306,10 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
                      "weight_bytes": c.weight_bytes, "bytes_read": c.bytes_read}
                     for c in sources
                 ],
+                "statistics": [{"expert": m.source, "folder": str(f), **_sidecar(f)} for m, (f, _) in
+                               zip(config.models, stats, strict=True)] if stats else None,
                 "bytes_read": sum(c.bytes_read for c in sources),
-                **stats,
+                **run_stats,
                 "wall_seconds": round(time.perf_counter() - start, 3),
                 "peak_rss_bytes": peak_rss_bytes(),
             }
@@ -298,8 +323,36 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
             raise
         return report
     finally:
-        for c in sources:
+        for c in sources + sources_to_close:
             c.close()
+
+
+def resolve_stats(config: MergeConfig, progress: bool = True) -> list[tuple[Path, str]]:
+    """(folder, kind) of every expert's statistics when the method needs them: given (``stats:``), cached, or
+    computed now from the expert's ``data:``."""
+    method = get_method(config.method)
+    spec = method.stats(method.resolve(config.parameters))
+    if spec is None:
+        return []
+    from hfmerge.stats.store import compute_stats
+
+    out = []
+    for m in config.models:
+        if m.stats:
+            out.append((Path(m.stats), spec.kind))
+            continue
+        if not m.data:
+            raise HfMergeError(f"method {method.name} needs data for expert {m.source}: give it `data:` (its domain's "
+                               f"dataset) or `stats:` (a folder made by `hfmerge stats {spec.kind}`)")
+        folder = compute_stats(spec.kind, m.source, m.data, base_ref=config.base_model, skip=config.skip,
+                               seed=config.seed, progress=progress, **spec.settings)
+        out.append((folder, spec.kind))
+    return out
+
+
+def _sidecar(folder: Path) -> dict:
+    meta = json.loads((Path(folder) / "stats.json").read_text())
+    return {k: meta.get(k) for k in ("kind", "data_ref", "examples", "seconds", "key")}
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -322,4 +375,3 @@ def _device_available(device: str) -> bool:
     return False
 
 
-__all__ = ["merge", "Merger", "validate", "DTYPE_NAMES"]

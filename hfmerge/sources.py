@@ -161,7 +161,7 @@ def parse_header(reader: Reader, file: str) -> dict[str, TensorInfo]:
 class Checkpoint:
     """A model checkpoint opened lazily: config, tokenizer files and tensor index, no tensor data."""
 
-    def __init__(self, ref: str, reader: Reader):
+    def __init__(self, ref: str, reader: Reader, require_config: bool = True):
         self.ref = ref
         self.reader = reader
         self.bytes_read = 0
@@ -171,7 +171,7 @@ class Checkpoint:
         self.tensors: dict[str, TensorInfo] = {}
         for f in weight_files:
             self.tensors.update(parse_header(reader, f))
-        raw = reader.read_file("config.json")
+        raw = reader.read_file("config.json") if require_config else b"{}"
         if raw is None:
             raise HfMergeError(f"{ref} has no config.json: hfmerge merges transformers checkpoints")
         self.config: dict = json.loads(raw)

@@ -22,6 +22,8 @@ class Chunk:
     weights: list[float]
     seed: int = 0
     thresholds: dict[str, torch.Tensor] = field(default_factory=dict)  # Quantile.key -> [N] thresholds
+    stats: list[torch.Tensor | None] | None = None  # per expert: its statistics for this chunk (or tensor)
+    memo: dict = field(default_factory=dict)  # per-tensor scratch a method may reuse across its chunks
 
     def task_vectors(self) -> torch.Tensor:
         """τᵢ = wᵢ·(θᵢ − θ₀), stacked as [N, *shape]."""
@@ -40,6 +42,17 @@ class Quantile:
     key: str
     density: float
     scope: str
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-expert statistics a method needs: ``kind`` (fisher | regmean | masks), whether they are read
+    by row chunks like the weights (``elementwise``) or whole per tensor (RegMean's [in, in] Grams), and
+    the settings that produce them (passed to hfmerge.stats.store.compute_stats)."""
+
+    kind: str
+    elementwise: bool
+    settings: dict
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,7 @@ class Method:
     quantiles: Callable[[dict], list[Quantile]] = lambda params: []
     weighted: bool = True
     min_experts: int = 1
+    stats: Callable[[dict], Stats | None] = lambda params: None
 
     def resolve(self, given: dict) -> dict:
         """Defaults filled in, unknown names and out-of-range values refused."""
