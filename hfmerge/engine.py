@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from hfmerge.methods.registry import get_method
 from hfmerge.methods.selection import RadixSelect, kth_smallest, rank_for_density
 from hfmerge.sources import DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint
 from hfmerge.stats.store import open_stats
-from hfmerge.writer import OutTensor, ShardWriter, parse_size
+from hfmerge.writer import MemoryWriter, OutTensor, ShardWriter, parse_size
 
 DEFAULT_CHUNK_NUMEL = 1 << 22
 COPIED_FILES = (
@@ -215,15 +216,17 @@ class Merger:
             writer.write(data)
             bar.update(len(data) if not isinstance(data, torch.Tensor) else data.numel() * data.element_size())
 
-    def run(self, folder: Path, shard_size: int) -> dict:
+    def out_tensors(self) -> list[OutTensor]:
+        return [OutTensor(p.info.name, p.out_dtype, p.info.shape) for p in self.plan]
+
+    def run(self, writer: ShardWriter | MemoryWriter) -> dict:
+        """Stream every planned tensor into ``writer`` (built from :meth:`out_tensors`)."""
         t0 = time.perf_counter()
         global_q = [q for q in self.quantiles if q.scope == "global"]
         merged = [p.info for p in self.plan if p.merged]
         if global_q and merged:
             self._select(merged, global_q, "global top-k")
-        writer = ShardWriter(folder, [OutTensor(p.info.name, p.out_dtype, p.info.shape) for p in self.plan],
-                             shard_size)
-        total = sum(OutTensor(p.info.name, p.out_dtype, p.info.shape).nbytes for p in self.plan)
+        total = sum(t.nbytes for t in self.out_tensors())
         bar = tqdm(total=total, desc=f"merge ({self.method.name})", unit="B", unit_scale=True,
                    disable=not self.progress)
         try:
@@ -243,7 +246,8 @@ class Merger:
         }
 
 
-def _write_metadata(folder: Path, config: MergeConfig, merger: Merger, base: Checkpoint) -> None:
+def _write_metadata(folder: Path, merger: Merger) -> None:
+    base = merger.base
     cfg = dict(base.config)
     cfg["dtype"] = merger.out_dtype_name
     if "torch_dtype" in cfg:
@@ -262,6 +266,35 @@ def resolved_config(config: MergeConfig, merger: Merger) -> dict:
     return d
 
 
+@contextmanager
+def open_merger(config: MergeConfig, *, device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL,
+                progress: bool = True) -> Iterator[tuple[Merger, list[tuple[Path, str]]]]:
+    """Open (lazily) every source and statistics of ``config``; yields the Merger and the statistics folders."""
+    if device != "cpu" and not _device_available(device):
+        raise HfMergeError(f"device {device!r} is not available here (use cpu)")
+    opened: list[Checkpoint] = []
+    try:
+        for ref in [config.base_model, *(m.source for m in config.models)]:
+            opened.append(open_checkpoint(ref))
+        stats = resolve_stats(config, progress)
+        stat_sources = [open_stats(f, kind) for f, kind in stats]
+        opened.extend(stat_sources)
+        yield Merger(config, opened[0], opened[1:len(config.models) + 1], stats=stat_sources or None, device=device,
+                     chunk_numel=chunk_numel, progress=progress), stats
+    finally:
+        for c in opened:
+            c.close()
+
+
+def merge_state_dict(config: MergeConfig, *, device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL,
+                     progress: bool = False) -> dict[str, torch.Tensor]:
+    """The merged tensors in memory (for tuning and in-memory evaluation); same numbers as :func:`merge`."""
+    with open_merger(config, device=device, chunk_numel=chunk_numel, progress=progress) as (merger, _):
+        writer = MemoryWriter(merger.out_tensors())
+        merger.run(writer)
+        return writer.tensors
+
+
 def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB", overwrite: bool = False,
           device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL, progress: bool = True) -> dict:
     """Merge ``config`` into the folder ``out``; returns the merge report (also written as merge_report.json).
@@ -272,26 +305,15 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
     if out.exists() and not overwrite:
         raise HfMergeError(f"output {out} already exists: pass --overwrite or choose another folder")
     shard_bytes = parse_size(shard_size)
-    if device != "cpu" and not _device_available(device):
-        raise HfMergeError(f"device {device!r} is not available here (use cpu)")
-    sources: list[Checkpoint] = []
-    sources_to_close: list[Checkpoint] = []
-    try:
-        for ref in [config.base_model, *(m.source for m in config.models)]:
-            sources.append(open_checkpoint(ref))
-        base, experts = sources[0], sources[1:]
-        stats = resolve_stats(config, progress)
-        stat_sources = [open_stats(f, kind) for f, kind in stats]
-        sources_to_close.extend(stat_sources)
-        merger = Merger(config, base, experts, stats=stat_sources or None, device=device, chunk_numel=chunk_numel,
-                        progress=progress)
+    with open_merger(config, device=device, chunk_numel=chunk_numel, progress=progress) as (merger, stats):
+        sources = [merger.base, *merger.experts]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.hfmerge-tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            run_stats = merger.run(tmp, shard_bytes)
-            _write_metadata(tmp, config, merger, base)
+            run_stats = merger.run(ShardWriter(tmp, merger.out_tensors(), shard_bytes))
+            _write_metadata(tmp, merger)
             resolved = resolved_config(config, merger)
             (tmp / "hfmerge.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
             report = {
@@ -302,7 +324,7 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
                 "dtype": merger.out_dtype_name,
                 "device": device,
                 "sources": [
-                    {"role": "base" if c is base else "expert", "ref": c.ref, "revision": c.revision,
+                    {"role": "base" if c is merger.base else "expert", "ref": c.ref, "revision": c.revision,
                      "weight_bytes": c.weight_bytes, "bytes_read": c.bytes_read}
                     for c in sources
                 ],
@@ -322,9 +344,6 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return report
-    finally:
-        for c in sources + sources_to_close:
-            c.close()
 
 
 def resolve_stats(config: MergeConfig, progress: bool = True) -> list[tuple[Path, str]]:

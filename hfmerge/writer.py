@@ -132,3 +132,38 @@ class ShardWriter:
     def abort(self) -> None:
         if self._file:
             self._file.close()
+
+
+class MemoryWriter:
+    """The ShardWriter protocol, collecting the tensors in memory instead (tuning, in-memory evaluation)."""
+
+    def __init__(self, tensors: list[OutTensor]):
+        self.specs = {t.name: t for t in tensors}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.bytes_written = 0
+        self._name: str | None = None
+        self._parts: list[torch.Tensor] = []
+
+    def _close_tensor(self) -> None:
+        if self._name is not None:
+            spec = self.specs[self._name]
+            self.tensors[self._name] = torch.cat([p.reshape(-1) for p in self._parts]).reshape(spec.shape)
+            self._name, self._parts = None, []
+
+    def begin(self, name: str) -> OutTensor:
+        self._close_tensor()
+        self._name = name
+        return self.specs[name]
+
+    def write(self, data: torch.Tensor | bytes | bytearray) -> None:
+        if not isinstance(data, torch.Tensor):
+            data = torch.frombuffer(bytearray(data), dtype=DTYPES[self.specs[self._name].dtype])
+        self._parts.append(data)
+        self.bytes_written += data.numel() * data.element_size()
+
+    def finish(self) -> list[str]:
+        self._close_tensor()
+        return []
+
+    def abort(self) -> None:
+        self._parts = []
