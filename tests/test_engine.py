@@ -106,8 +106,8 @@ def test_mergekit_yaml_is_translated(family, tmp_path):
     for bad, why in [
         (dict(mk, merge_method="slerp"), "slerp"),
         (dict(mk, models=[{"model": str(experts[0]), "parameters": {"density": [0.1, 0.5]}}]), "gradients"),
-        (dict(mk, models=[{"model": str(e), "parameters": {"density": d}} for e, d in zip(experts, [.1, .2, .3], strict=True)]),
-         "densities"),
+        (dict(mk, models=[{"model": str(e), "parameters": {"density": d}}
+                          for e, d in zip(experts, [.1, .2, .3], strict=True)]), "densities"),
         ({k: v for k, v in mk.items() if k != "base_model"}, "base_model"),
     ]:
         with pytest.raises(HfMergeError, match=why):
