@@ -153,7 +153,9 @@ class Merger:
                     pending = pool.submit(self._read, jobs[i + 1][0].name, *jobs[i + 1][1:])
                 if first == 0:
                     memo = {}
-                fp32 = [t.to(self.device, torch.float32) for t in tensors]
+                fp32 = torch.empty((len(tensors), *tensors[0].shape), dtype=torch.float32, device=self.device)
+                for dst, src in zip(fp32, tensors, strict=True):
+                    dst.copy_(src)  # dtype conversion and stacking in one pass
                 if stats is not None:
                     stats = [None if s is None else s.to(self.device, torch.float32) for s in stats]
                 chunk = Chunk(info.name, first * info.row_numel, fp32[0], fp32[1:], self.weights, self.config.seed,

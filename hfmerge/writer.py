@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -71,10 +73,32 @@ class ShardWriter:
         self._left = 0  # bytes still owed for it
         self._file: BinaryIO | None = None
         self._shard = -1
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="hfmerge-writer")  # writes overlap compute
+        self._pending: deque[Future] = deque()
 
-    def _open_shard(self, i: int) -> None:
+    def _submit(self, fn, *args) -> None:
+        """Queue file work on the writer thread, in order; at most two chunks in flight."""
+        self._pending.append(self._io.submit(fn, *args))
+        while len(self._pending) > 2:
+            self._wait()
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._wait()
+
+    def _wait(self) -> None:
+        try:
+            self._pending.popleft().result()
+        except OSError as e:
+            raise HfMergeError(f"cannot write the output in {self.folder.parent}: {e.strerror or e}") from None
+
+    def _open_file(self, i: int, head: bytes) -> None:
         if self._file:
             self._file.close()
+        self._file = open(self.folder / self.names[i], "wb")  # noqa: SIM115 - closed by the next shard or finish()
+        self._file.write(head)
+
+    def _open_shard(self, i: int) -> None:
         header, offset = {}, 0
         for t in self.shards[i]:
             header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
@@ -82,8 +106,7 @@ class ShardWriter:
         header["__metadata__"] = {"format": "pt"}
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
-        self._file = open(self.folder / self.names[i], "wb")  # noqa: SIM115 - closed in finish()
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._submit(self._open_file, i, struct.pack("<Q", len(raw)) + raw)
         self._shard = i
 
     def begin(self, name: str) -> OutTensor:
@@ -108,7 +131,7 @@ class ShardWriter:
         n = len(data) if not isinstance(data, memoryview) else data.nbytes
         if n > self._left:
             raise RuntimeError(f"too many bytes for {self.order[self._pos][1].name}")
-        self._file.write(data)
+        self._submit(lambda d: self._file.write(d), data)
         self._left -= n
         self.bytes_written += n
 
@@ -116,6 +139,8 @@ class ShardWriter:
         """Close the last shard and write the index when sharded; returns the file names written."""
         if self._left or self._pos != len(self.order) - 1:
             raise RuntimeError("merge ended before every tensor was written")
+        self._drain()
+        self._io.shutdown()
         if self._file:
             self._file.close()
         elif not self.order:
@@ -130,6 +155,11 @@ class ShardWriter:
         return list(self.names)
 
     def abort(self) -> None:
+        """Stop writing (after an error, or as a no-op after finish)."""
+        for f in self._pending:
+            f.cancel()
+        self._io.shutdown(wait=True)
+        self._pending.clear()
         if self._file:
             self._file.close()
 

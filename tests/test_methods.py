@@ -102,3 +102,15 @@ def test_radix_select_is_exact(density):
         for part in parts:
             sel.feed_low(part)
     assert sel.value() == kth_smallest(values, k)
+
+
+@pytest.mark.parametrize("n", [1000, 300_000, 2_000_003])
+def test_kth_smallest_matches_kthvalue(n):
+    torch.manual_seed(n)
+    values = torch.randn(n).abs()
+    values[: n // 3] = 0.0  # many exact ties, as in bf16 task vectors
+    values[n // 3: n // 2] = values[n // 3: n // 2].sort().values  # structured stretches for the strided sample
+    for density in (1e-5, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0):
+        k = rank_for_density(n, density)
+        expected = 0.0 if k == 0 else float(values.kthvalue(k).values)
+        assert kth_smallest(values, k) == expected

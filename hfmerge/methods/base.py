@@ -18,7 +18,7 @@ class Chunk:
     name: str  # tensor name in the checkpoint
     offset: int  # flat index of this chunk's first element within the tensor
     base: torch.Tensor
-    experts: list[torch.Tensor]
+    experts: torch.Tensor  # [N, *shape]
     weights: list[float]
     seed: int = 0
     thresholds: dict[str, torch.Tensor] = field(default_factory=dict)  # Quantile.key -> [N] thresholds
@@ -27,8 +27,7 @@ class Chunk:
 
     def task_vectors(self) -> torch.Tensor:
         """τᵢ = wᵢ·(θᵢ − θ₀), stacked as [N, *shape]."""
-        taus = torch.stack(self.experts)
-        taus -= self.base
+        taus = torch.sub(self.experts, self.base)
         if any(w != 1.0 for w in self.weights):
             taus *= torch.tensor(self.weights, dtype=taus.dtype, device=taus.device).view(-1, *[1] * self.base.dim())
         return taus

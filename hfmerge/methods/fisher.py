@@ -9,7 +9,7 @@ from hfmerge.methods.stats_params import COMMON, settings
 def merge(chunk: Chunk, params: dict) -> torch.Tensor:
     """θ = Σ (Fᵢ+ε) θᵢ / Σ (Fᵢ+ε); tensors without Fisher are averaged."""
     if not chunk.stats or any(f is None for f in chunk.stats):
-        return torch.stack(chunk.experts).mean(0)
+        return chunk.experts.mean(0)
     num = torch.zeros_like(chunk.base)
     den = torch.zeros_like(chunk.base)
     for f, theta in zip(chunk.stats, chunk.experts, strict=True):

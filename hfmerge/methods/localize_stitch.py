@@ -15,8 +15,8 @@ def quantiles(params: dict) -> list[Quantile]:
 
 def trained_mask(taus: torch.Tensor, m: steps.Mask, chunk: Chunk) -> torch.Tensor:
     """γᵢ from the trained masks (entries without a mask are not localized)."""
-    masks = [torch.zeros_like(chunk.base) if g is None else g.to(chunk.base) for g in chunk.stats or []]
-    return torch.stack(masks)
+    keep = [torch.zeros_like(chunk.base, dtype=torch.bool) if g is None else g.bool() for g in chunk.stats or []]
+    return steps._select(taus, m, torch.stack(keep))
 
 
 def merge(chunk: Chunk, params: dict) -> torch.Tensor:

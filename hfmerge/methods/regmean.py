@@ -24,7 +24,7 @@ def _solver(grams: list[torch.Tensor], alpha: float):
 def merge(chunk: Chunk, params: dict) -> torch.Tensor:
     """Linear weights W [out, in]: W = (Σ Wᵢ G̃ᵢ)(Σ G̃ᵢ)⁻¹ (row chunks are independent); others: mean."""
     if chunk.base.dim() != 2 or not chunk.stats or any(g is None for g in chunk.stats):
-        return torch.stack(chunk.experts).mean(0)
+        return chunk.experts.mean(0)
     if "regmean" not in chunk.memo:
         chunk.memo["regmean"] = _solver(chunk.stats, params["reduction"])
     reduced, solve = chunk.memo["regmean"]

@@ -24,10 +24,31 @@ def rank_for_density(n: int, density: float) -> int:
 
 
 def kth_smallest(values: torch.Tensor, k: int) -> float:
-    """The k-th smallest (1-based) of ``values``; 0.0 when k == 0 (everything is kept)."""
+    """The k-th smallest (1-based) of ``values``; 0.0 when k == 0 (everything is kept).
+
+    Exact, and faster than a full ``kthvalue``: a strided sample brackets the answer, one comparison pass
+    counts what lies below the bracket, and ``kthvalue`` runs only on the few values inside it (falling
+    back to the whole tensor if the bracket missed)."""
     if k <= 0:
         return 0.0
-    return float(values.reshape(-1).float().kthvalue(k).values)
+    flat = values.reshape(-1)
+    n = flat.numel()
+    if n <= _SAMPLE * 4:
+        return float(flat.float().kthvalue(k).values)
+    sample = flat[:: n // _SAMPLE].float().sort().values
+    m = sample.numel()
+    margin = 4 * int(m**0.5) + 16
+    pos = k * m // n
+    lo = sample[max(0, pos - margin)]
+    hi = sample[min(m - 1, pos + margin)]
+    below = int((flat < lo).sum())
+    inside = flat[(flat >= lo) & (flat <= hi)]
+    if below < k <= below + inside.numel():
+        return float(inside.float().kthvalue(k - below).values)
+    return float(flat.float().kthvalue(k).values)
+
+
+_SAMPLE = 1 << 16
 
 
 def _bits(values: torch.Tensor) -> torch.Tensor:

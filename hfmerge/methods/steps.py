@@ -1,9 +1,9 @@
 """Composable task-vector transforms shared by the methods.
 
-A task-vector merge is θ₀ + λ·combine(sparsify(τ)). Sparsifiers and the sign election map
-(τ [N, …], m [N, …] | None) to a new multiplier tensor m (0 drops an entry, 1 keeps it, 1/(1−p)
-keeps and rescales); combiners reduce (τ, m) over the task axis. Each is a few lines, tested once,
-and TIES, DARE, Consensus and Localize-and-Stitch are short pipelines of them.
+A task-vector merge is θ₀ + λ·combine(sparsify(τ)). A step sparsifies or elects IN PLACE on the
+stacked task vectors τ [N, …] (zeroing dropped entries, rescaling kept ones) and returns the boolean
+selection so far (or None: everything); combiners reduce over the task axis. Each is a few lines,
+tested once, and TIES, DARE, Consensus and Localize-and-Stitch are short pipelines of them.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ import torch
 from hfmerge.methods.base import Chunk
 
 Mask = torch.Tensor | None
-Step = Callable[[torch.Tensor, Mask, Chunk], torch.Tensor]
+Step = Callable[[torch.Tensor, Mask, Chunk], Mask]
 Combine = Callable[[torch.Tensor, Mask], torch.Tensor]
 
 RNG_BLOCK = 1 << 20  # DARE draws its randomness per block of this many elements of a tensor
 
 
-def _and(m: Mask, new: torch.Tensor) -> torch.Tensor:
-    new = new.to(torch.float32)
-    return new if m is None else m * new
+def _select(taus: torch.Tensor, m: Mask, keep: torch.Tensor) -> torch.Tensor:
+    """Zero τ where ``keep`` is False; the selection becomes m ∧ keep."""
+    taus.mul_(keep)
+    return keep if m is None else m & keep
 
 
 def _per_task(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -35,7 +36,7 @@ def topk(key: str) -> Step:
     """Trim (TIES) / localize (L&S): keep |τᵢ| ≥ tᵢ, the per-task threshold of Quantile ``key``."""
 
     def step(taus: torch.Tensor, m: Mask, chunk: Chunk) -> torch.Tensor:
-        return _and(m, taus.abs() >= _per_task(chunk.thresholds[key], taus))
+        return _select(taus, m, taus.abs() >= _per_task(chunk.thresholds[key], taus))
 
     return step
 
@@ -70,7 +71,9 @@ def dare(drop_rate: float) -> Step:
             dare_keep(chunk.seed, chunk.name, i, chunk.offset, taus[i].numel(), drop_rate).view(taus.shape[1:])
             for i in range(taus.shape[0])
         ]).to(taus.device)
-        return _and(m, keep) / (1.0 - drop_rate)
+        m = _select(taus, m, keep)
+        taus.div_(1.0 - drop_rate)
+        return m
 
     return step
 
@@ -80,33 +83,32 @@ def consensus(mask_lambda: float, k: int) -> Step:
 
     def step(taus: torch.Tensor, m: Mask, chunk: Chunk) -> torch.Tensor:
         mtl = taus.sum(0)
-        votes = (taus.abs() > mask_lambda * (mtl - taus).abs()).sum(0)
-        return _and(m, (votes >= k).expand_as(taus))
+        votes = (taus.abs() > (mtl - taus).abs_().mul_(mask_lambda)).sum(0)
+        return _select(taus, m, (votes >= k).expand_as(taus))
 
     return step
 
 
 def elect_sign(taus: torch.Tensor, m: Mask, chunk: Chunk) -> torch.Tensor:
-    """TIES sign election: γ = sign(Σ mᵢτᵢ); keep the entries whose sign agrees with γ (γ = 0 keeps none)."""
-    kept = taus if m is None else taus * m
-    gamma = kept.sum(0).sign()
-    return _and(m, taus.sign() == gamma)
+    """TIES sign election: γ = sign(Σ τ̂ᵢ); keep the entries whose sign agrees with γ (γ = 0 keeps none)."""
+    gamma = taus.sum(0).sign_()
+    return _select(taus, m, taus.sign() == gamma)
 
 
 def combine_sum(taus: torch.Tensor, m: Mask) -> torch.Tensor:
-    """Σᵢ mᵢτᵢ."""
-    return taus.sum(0) if m is None else (taus * m).sum(0)
+    """Σᵢ τ̂ᵢ."""
+    return taus.sum(0)
 
 
 def combine_disjoint_mean(taus: torch.Tensor, m: Mask) -> torch.Tensor:
-    """Σᵢ mᵢτᵢ / max(1, #{i: mᵢ ≠ 0}): the TIES disjoint mean and the L&S overlap-normalised stitch."""
+    """Σᵢ τ̂ᵢ / max(1, #{i selected}): the TIES disjoint mean and the L&S overlap-normalised stitch."""
     if m is None:
         return taus.mean(0)
-    return (taus * m).sum(0) / (m != 0).sum(0).clamp_min(1)
+    return taus.sum(0).div_(m.sum(0).clamp_min_(1))
 
 
 def task_vector_merge(chunk: Chunk, steps: list[Step], combine: Combine, scaling: float = 1.0) -> torch.Tensor:
-    """θ₀ + λ·combine(τ, steps(τ))."""
+    """θ₀ + λ·combine(steps(τ))."""
     taus = chunk.task_vectors()
     m: Mask = None
     for step in steps:
