@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 from hfmerge import __version__
 from hfmerge.config import MergeConfig
 from hfmerge.errors import HfMergeError
+from hfmerge.lora import LoraCheckpoint, is_adapter
 from hfmerge.methods.base import Chunk, Method, Quantile
 from hfmerge.methods.registry import get_method
 from hfmerge.methods.selection import RadixSelect, kth_smallest, rank_for_density
-from hfmerge.sources import DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint
+from hfmerge.sources import DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint, open_reader
 from hfmerge.stats.store import open_stats
 from hfmerge.writer import MemoryWriter, OutTensor, ShardWriter, parse_size
 
@@ -276,8 +277,15 @@ def open_merger(config: MergeConfig, *, device: str = "cpu", chunk_numel: int = 
         raise HfMergeError(f"device {device!r} is not available here (use cpu)")
     opened: list[Checkpoint] = []
     try:
-        for ref in [config.base_model, *(m.source for m in config.models)]:
-            opened.append(open_checkpoint(ref))
+        opened.append(open_checkpoint(config.base_model))
+        for m in config.models:
+            reader = open_reader(m.source)
+            try:
+                opened.append(LoraCheckpoint(m.source, reader, opened[0]) if is_adapter(reader)
+                              else Checkpoint(m.source, reader))
+            except BaseException:
+                reader.close()
+                raise
         stats = resolve_stats(config, progress)
         stat_sources = [open_stats(f, kind) for f, kind in stats]
         opened.extend(stat_sources)

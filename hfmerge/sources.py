@@ -182,9 +182,9 @@ class Checkpoint:
         if INDEX_FILE in files:
             index = json.loads(self.reader.read_file(INDEX_FILE))
             return sorted(set(index["weight_map"].values()))
-        found = [f for f in files if f.endswith(".safetensors") and "/" not in f]
+        found = [f for f in files if f.endswith(".safetensors") and "/" not in f and not f.startswith("adapter_")]
         if "adapter_config.json" in files and not found:
-            raise HfMergeError(f"{self.ref} is a LoRA adapter, not a full checkpoint")
+            raise HfMergeError(f"{self.ref} is a LoRA adapter, not a full checkpoint (adapters can be experts only)")
         if not found:
             pickles = [f for f in files if any(Path(f).match(p) for p in PICKLE_PATTERNS)]
             if pickles:
@@ -224,11 +224,11 @@ class Checkpoint:
 HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?$")
 
 
-def open_checkpoint(ref: str) -> Checkpoint:
-    """Open a checkpoint: a local folder, else a Hub repo ``org/name[@revision]`` read lazily."""
+def open_reader(ref: str) -> Reader:
+    """Byte access to a checkpoint: a local folder, else a Hub repo ``org/name[@revision]`` read lazily."""
     path = Path(ref).expanduser()
     if path.is_dir():
-        return Checkpoint(ref, LocalReader(path.resolve()))
+        return LocalReader(path.resolve())
     if path.exists():
         raise HfMergeError(f"{ref} is a file; give the checkpoint folder that holds config.json and weights")
     if HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
@@ -236,5 +236,10 @@ def open_checkpoint(ref: str) -> Checkpoint:
             from hfmerge.hub import open_remote
         except ImportError:
             raise HfMergeError(f"{ref} is not a local folder and Hub sources are not available") from None
-        return Checkpoint(ref, open_remote(ref))
+        return open_remote(ref)
     raise HfMergeError(f"model path {ref} does not exist (give a checkpoint folder or a Hub id org/name)")
+
+
+def open_checkpoint(ref: str) -> Checkpoint:
+    """Open a full checkpoint lazily (see :func:`open_reader`)."""
+    return Checkpoint(ref, open_reader(ref))
