@@ -27,24 +27,32 @@ def _sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def fisher(model: nn.Module, examples: list[Example], variant: str = "hard_last",
            progress: bool = True) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher: mean over examples of the squared per-example gradient."""
+    """Diagonal Fisher: mean over examples of the squared per-example gradient. Each gradient is folded into
+    its accumulator and freed as soon as it is complete, so memory is the model + the Fisher (+ activations)."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+
+    def fold(name: str):
+        def hook(p: torch.Tensor) -> None:
+            acc[name].addcmul_(p.grad, p.grad)
+            p.grad = None
+        return hook
+
+    handles = [p.register_post_accumulate_grad_hook(fold(n)) for n, p in params.items()]
     model.eval()
-    for ex in tqdm(examples, desc=f"fisher ({variant})", disable=not progress):
-        model.zero_grad(set_to_none=True)
-        logits = model(input_ids=ex.input_ids[None]).logits
-        if variant == "hard_last":
-            last = logits[0, -1].float()
-            loss = nn.functional.cross_entropy(last[None], last.argmax()[None])
-        else:
-            loss = _sft_loss(logits, ex.labels)
-        loss.backward()
-        for n, p in params.items():
-            if p.grad is not None:
-                acc[n].add_(p.grad.float().square())
-    model.zero_grad(set_to_none=True)
-    return {n: a / len(examples) for n, a in acc.items()}
+    try:
+        for ex in tqdm(examples, desc=f"fisher ({variant})", disable=not progress):
+            logits = model(input_ids=ex.input_ids[None]).logits
+            if variant == "hard_last":
+                last = logits[0, -1].float()
+                loss = nn.functional.cross_entropy(last[None], last.argmax()[None])
+            else:
+                loss = _sft_loss(logits, ex.labels)
+            loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: a.div_(len(examples)) for n, a in acc.items()}
 
 
 @torch.no_grad()
