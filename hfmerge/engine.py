@@ -30,7 +30,7 @@ from hfmerge.errors import HfMergeError
 from hfmerge.lora import LoraCheckpoint, is_adapter
 from hfmerge.methods.base import Chunk, Method, Quantile
 from hfmerge.methods.registry import get_method
-from hfmerge.methods.selection import RadixSelect, kth_smallest, rank_for_density
+from hfmerge.methods.selection import RadixSelect, high_bits, kth_smallest, rank_for_density
 from hfmerge.sources import DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint, open_reader
 from hfmerge.stats.store import open_stats
 from hfmerge.writer import MemoryWriter, OutTensor, ShardWriter, parse_size
@@ -164,15 +164,27 @@ class Merger:
                 yield info, first, chunk
 
     # ---- selection passes -----------------------------------------------------------------------------------
+    def _guess(self, infos: list[TensorInfo], quantiles: list[Quantile]) -> dict[str, list[int]]:
+        """Per quantile and task, the radix bucket of the threshold estimated from a few rows of every tensor."""
+        samples: list[torch.Tensor] = []
+        for info in infos:
+            for row in sorted({int(r) for r in torch.linspace(0, info.rows - 1, 4)}):
+                tensors, _ = self._read(info.name, row, 1)
+                stack = torch.stack([t.float() for t in tensors])
+                samples.append((stack[1:] - stack[0]).abs().reshape(len(self.experts), -1))
+        mags = torch.cat(samples, dim=1) * torch.tensor(self.weights).abs().view(-1, 1)
+        return {q.key: [high_bits(kth_smallest(m, rank_for_density(m.numel(), q.density))) for m in mags]
+                for q in quantiles}
+
     def _select(self, infos: list[TensorInfo], quantiles: list[Quantile], label: str) -> None:
         """Exact per-task thresholds of |τᵢ| over ``infos`` for each quantile, into self.thresholds."""
         if len(infos) == 1 and len(self._ranges(infos[0])) == 1:
             return  # done in memory from the chunk itself (see _merge_tensor)
-        n = len(self.experts)
-        selectors = {q.key: [RadixSelect() for _ in range(n)] for q in quantiles}
+        guesses = self._guess(infos, quantiles)
+        selectors = {q.key: [RadixSelect(g) for g in guesses[q.key]] for q in quantiles}
         total = sum(len(self._ranges(i)) for i in infos)
         for pass_no in (1, 2):
-            bar = tqdm(total=total, desc=f"{label} pass {pass_no}/2", unit="chunk", disable=not self.progress,
+            bar = tqdm(total=total, desc=f"{label} pass {pass_no}", unit="chunk", disable=not self.progress,
                        leave=False)
             for _, _, chunk in self._chunks(infos):
                 mags = chunk.task_vectors().abs_()

@@ -7,7 +7,7 @@ import torch
 
 from hfmerge.config import DEFAULT_SKIP, MergeConfig, ModelRef
 from hfmerge.engine import merge
-from hfmerge.methods.selection import RadixSelect, kth_smallest, rank_for_density
+from hfmerge.methods.selection import RadixSelect, high_bits, kth_smallest, rank_for_density
 from tests.reference import load_model, reference_merge
 
 CASES = [
@@ -88,20 +88,24 @@ def test_dare_is_deterministic_whatever_the_chunking(family, tmp_path):
     assert 0.6 < float((got[name] == b[name]).float().mean()) < 0.95
 
 
+@pytest.mark.parametrize("guess", [None, "right", "wrong"])
 @pytest.mark.parametrize("density", [1e-4, 0.1, 0.5, 0.999, 1.0])
-def test_radix_select_is_exact(density):
+def test_radix_select_is_exact(density, guess):
     torch.manual_seed(0)
     values = torch.cat([torch.randn(50_000).abs(), torch.zeros(3_000), torch.full((2_000,), 0.5)])
     values = values[torch.randperm(values.numel())]
     k = rank_for_density(values.numel(), density)
-    sel = RadixSelect()
+    exact = kth_smallest(values, k)
+    sel = RadixSelect({None: None, "right": high_bits(exact) + 3, "wrong": high_bits(exact) + 40}[guess])
     parts = values.split(7_777)
     for part in parts:
         sel.feed_high(part)
-    if sel.choose_bucket(k):
+    second = sel.choose_bucket(k)
+    assert second == (k > 0 and guess != "right")
+    if second:
         for part in parts:
             sel.feed_low(part)
-    assert sel.value() == kth_smallest(values, k)
+    assert sel.value() == exact
 
 
 @pytest.mark.parametrize("n", [1000, 300_000, 2_000_003])

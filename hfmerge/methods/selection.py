@@ -56,19 +56,34 @@ def _bits(values: torch.Tensor) -> torch.Tensor:
 
 
 class RadixSelect:
-    """Streaming exact k-th smallest of non-negative float32 values (feed every value twice)."""
+    """Streaming exact k-th smallest of non-negative float32 values.
 
-    def __init__(self) -> None:
+    Pass 1 counts the high 16 bits of every value. Given a ``guess`` of the answer's high bits (e.g. from a
+    sample), it also counts the low 16 bits of the values whose high bits lie within ``window`` buckets of
+    it; when the answer falls there (the usual case) it is known after one pass, otherwise a second pass
+    (:meth:`feed_low`) counts the low bits inside the answer's bucket."""
+
+    def __init__(self, guess: int | None = None, window: int = 8) -> None:
         self.high = torch.zeros(_BINS, dtype=torch.int64)
-        self.low = torch.zeros(_BINS, dtype=torch.int64)
         self.n = 0
+        self._lo = None if guess is None else max(0, guess - window)
+        self._span = 2 * window + 1
+        self.near = None if guess is None else torch.zeros(self._span * _BINS, dtype=torch.int64)
+        self.low = torch.zeros(_BINS, dtype=torch.int64)
         self._bucket: int | None = None
         self._k = 0
+        self._resolved = False
 
     def feed_high(self, values: torch.Tensor) -> None:
-        """First pass: count the high 16 bits of every value."""
-        self.high += torch.bincount((_bits(values) >> 16).cpu(), minlength=_BINS)
+        """First pass: count the high 16 bits of every value (and the low bits near the guess)."""
+        bits = _bits(values).cpu()
+        high = bits >> 16
+        self.high += torch.bincount(high, minlength=_BINS)
         self.n += values.numel()
+        if self.near is not None:
+            rel = high - self._lo
+            inside = (rel >= 0) & (rel < self._span)
+            self.near += torch.bincount((rel[inside] << 16) | (bits[inside] & 0xFFFF), minlength=self.near.numel())
 
     def choose_bucket(self, k: int) -> bool:
         """After the first pass: fix the bucket of the k-th value. False when no second pass is needed."""
@@ -78,13 +93,19 @@ class RadixSelect:
         cum = torch.cumsum(self.high, 0)
         self._bucket = int(torch.searchsorted(cum, torch.tensor(k)))
         self._k = k - (int(cum[self._bucket - 1]) if self._bucket else 0)
-        return True
+        if self._lo is not None and 0 <= self._bucket - self._lo < self._span:
+            i = self._bucket - self._lo
+            self.low = self.near[i * _BINS:(i + 1) * _BINS]
+            self._resolved = True
+        return not self._resolved
 
     def feed_low(self, values: torch.Tensor) -> None:
         """Second pass: count the low 16 bits of the values inside the chosen bucket."""
-        bits = _bits(values)
+        if self._resolved or self._bucket is None:
+            return
+        bits = _bits(values).cpu()
         inside = bits[(bits >> 16) == self._bucket] & 0xFFFF
-        self.low += torch.bincount(inside.cpu(), minlength=_BINS)
+        self.low += torch.bincount(inside, minlength=_BINS)
 
     def value(self) -> float:
         if self._bucket is None:
@@ -92,3 +113,8 @@ class RadixSelect:
         low = int(torch.searchsorted(torch.cumsum(self.low, 0), torch.tensor(self._k)))
         bits = torch.tensor([(self._bucket << 16) | low], dtype=torch.int32)
         return float(bits.view(torch.float32))
+
+
+def high_bits(value: float) -> int:
+    """The radix bucket (high 16 bits) of a non-negative float32."""
+    return int(torch.tensor([value], dtype=torch.float32).view(torch.int32)) >> 16
