@@ -25,11 +25,16 @@ def _sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits[0, :-1].float(), labels[1:], ignore_index=-100)
 
 
-def fisher(model: nn.Module, examples: list[Example], variant: str = "hard_last",
+def fisher(model: nn.Module, examples: list[Example], variant: str = "hard_last", names: set[str] | None = None,
            progress: bool = True) -> dict[str, torch.Tensor]:
-    """Diagonal Fisher: mean over examples of the squared per-example gradient. Each gradient is folded into
-    its accumulator and freed as soon as it is complete, so memory is the model + the Fisher (+ activations)."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    """Diagonal Fisher of the parameters in ``names`` (default: all): mean over examples of the squared
+    per-example gradient. Each gradient is folded into its accumulator and freed as soon as it is complete,
+    and parameters outside ``names`` get no gradient, so memory is the model + the Fisher (+ activations)."""
+    params = {}
+    for n, p in model.named_parameters():
+        p.requires_grad_(names is None or n in names)
+        if p.requires_grad:
+            params[n] = p
     acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
 
     def fold(name: str):

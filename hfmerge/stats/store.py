@@ -60,11 +60,12 @@ def compute_stats(kind: str, model_ref: str, data: str, *, out: Path | None = No
     if kind == "masks" and not base_ref:
         raise HfMergeError("trained masks need the base model (--base)")
     settings = {"kind": kind, "model": fingerprint(model_ref), "data": fingerprint(data), "split": split,
-                "samples": samples, "prompt_format": prompt_format, "max_length": max_length, "seed": seed}
+                "samples": samples, "prompt_format": prompt_format, "max_length": max_length, "seed": seed,
+                "skip": sorted(skip or [])}
     if kind == "fisher":
         settings["variant"] = fisher_variant
     if kind == "masks":
-        settings.update(base=fingerprint(base_ref), skip=skip or [], sparsity=sparsity, lr=lr, epochs=epochs)
+        settings.update(base=fingerprint(base_ref), sparsity=sparsity, lr=lr, epochs=epochs)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
     folder = Path(out) if out else cache_root() / key
     sidecar = folder / SIDECAR
@@ -85,13 +86,14 @@ def compute_stats(kind: str, model_ref: str, data: str, *, out: Path | None = No
     tokenizer = AutoTokenizer.from_pretrained(path)
     examples = tokenize(load_rows(data, split, samples), tokenizer, prompt_format, max_length, origin=data)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    merged = {n for n, _ in model.named_parameters() if not is_skipped(n, skip or [])}
     if kind == "fisher":
-        stats = compute.fisher(model, examples, fisher_variant, progress)
+        stats = compute.fisher(model, examples, fisher_variant, merged, progress)
     elif kind == "regmean":
-        stats = compute.grams(model, examples, progress)
+        stats = {n: g for n, g in compute.grams(model, examples, progress).items() if not is_skipped(n, skip or [])}
     else:
         base = Checkpoint(base_ref, LocalReader(_local_model(base_ref).resolve()))
-        names = [n for n, _ in model.named_parameters() if n in base.tensors and not is_skipped(n, skip or [])]
+        names = sorted(n for n in merged if n in base.tensors)
         base_state = {n: base.read(n) for n in names}
         base.close()
         stats = compute.trained_masks(model, base_state, names, examples, sparsity, lr, epochs, seed=seed,
