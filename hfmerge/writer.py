@@ -20,7 +20,7 @@ from typing import BinaryIO
 import torch
 
 from hfmerge.errors import HfMergeError
-from hfmerge.sources import DTYPE_NAMES, DTYPES, INDEX_FILE
+from hfmerge.sources import DTYPE_NAMES, DTYPES
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
          "gib": 2**30, "tib": 2**40}
@@ -53,8 +53,9 @@ class OutTensor:
 class ShardWriter:
     """Writes the planned tensors, in plan order, into shards of at most ``shard_size`` bytes."""
 
-    def __init__(self, folder: Path, tensors: list[OutTensor], shard_size: int):
+    def __init__(self, folder: Path, tensors: list[OutTensor], shard_size: int, name: str = "model"):
         self.folder = folder
+        self.index_file = f"{name}.safetensors.index.json"
         self.shards: list[list[OutTensor]] = [[]]
         size = 0
         for t in tensors:
@@ -65,7 +66,7 @@ class ShardWriter:
             size += t.nbytes
         n = len(self.shards)
         self.names = (
-            ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+            [f"{name}.safetensors"] if n == 1 else [f"{name}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
         )
         self.order = [(i, t) for i, shard in enumerate(self.shards) for t in shard]
         self.bytes_written = 0
@@ -150,8 +151,8 @@ class ShardWriter:
                 "metadata": {"total_size": sum(t.nbytes for _, t in self.order)},
                 "weight_map": {t.name: self.names[i] for i, t in self.order},
             }
-            (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-            return [*self.names, INDEX_FILE]
+            (self.folder / self.index_file).write_text(json.dumps(index, indent=2) + "\n")
+            return [*self.names, self.index_file]
         return list(self.names)
 
     def abort(self) -> None:
@@ -162,6 +163,19 @@ class ShardWriter:
         self._pending.clear()
         if self._file:
             self._file.close()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """One safetensors file written tensor by tensor (safetensors' save_file builds a full copy in memory)."""
+    specs = [OutTensor(n, DTYPE_NAMES[t.dtype], tuple(t.shape)) for n, t in tensors.items()]
+    writer = ShardWriter(path.parent, specs, shard_size=1 << 62, name=path.name.removesuffix(".safetensors"))
+    try:
+        for n, t in tensors.items():
+            writer.begin(n)
+            writer.write(t)
+        writer.finish()
+    finally:
+        writer.abort()
 
 
 class MemoryWriter:

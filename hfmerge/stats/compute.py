@@ -62,20 +62,25 @@ def fisher(model: nn.Module, examples: list[Example], variant: str = "hard_last"
 
 @torch.no_grad()
 def grams(model: nn.Module, examples: list[Example], progress: bool = True) -> dict[str, torch.Tensor]:
-    """Input Gram matrices of every nn.Linear, keyed by its weight's name: G = Σ_tokens xxᵀ / #tokens."""
-    sums: dict[str, torch.Tensor] = {}
+    """Input Gram matrices of every nn.Linear, keyed by its weight's name: G = Σ_tokens xxᵀ / #tokens.
+    Layers fed the same input tensor (q/k/v, gate/up) share one computation and one accumulator."""
+    sums: dict[str, torch.Tensor] = {}  # by weight name; shared-input layers hold the same tensor
+    seen: dict[int, tuple[torch.Tensor, str]] = {}  # input tensor id -> (input, first layer fed it) per forward
     tokens = 0
-    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # one xxᵀ per input tensor per forward (kept alive)
 
     def hook(name: str):
         def fn(module, args):
             x = args[0]
             hit = seen.get(id(x))
-            if hit is None or hit[0] is not x:
-                flat = x.reshape(-1, x.shape[-1]).float()
-                hit = seen[id(x)] = (x, flat.T @ flat)
-            g = hit[1]
-            sums[name] = sums[name].add_(g) if name in sums else g.clone()
+            if hit is not None and hit[0] is x:
+                sums.setdefault(name, sums[hit[1]])
+                return
+            seen[id(x)] = (x, name)
+            flat = x.reshape(-1, x.shape[-1]).float()
+            if name in sums:
+                sums[name].addmm_(flat.T, flat)
+            else:
+                sums[name] = flat.T @ flat
         return fn
 
     handles = [m.register_forward_pre_hook(hook(f"{n}.weight")) for n, m in model.named_modules()
@@ -89,7 +94,9 @@ def grams(model: nn.Module, examples: list[Example], progress: bool = True) -> d
     finally:
         for h in handles:
             h.remove()
-    return {n: s / tokens for n, s in sums.items()}
+    for g in {id(g): g for g in sums.values()}.values():
+        g.div_(tokens)
+    return sums
 
 
 def _topk_init(taus: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:

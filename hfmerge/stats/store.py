@@ -73,12 +73,12 @@ def compute_stats(kind: str, model_ref: str, data: str, *, out: Path | None = No
         return folder
 
     import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hfmerge.engine import is_skipped, peak_rss_bytes
     from hfmerge.stats import compute
     from hfmerge.stats.data import load_rows, tokenize
+    from hfmerge.writer import save_tensors
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
@@ -101,7 +101,7 @@ def compute_stats(kind: str, model_ref: str, data: str, *, out: Path | None = No
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({n: t.contiguous() for n, t in stats.items()}, tmp / STATS_FILE, metadata={"format": "pt"})
+    save_tensors(tmp / STATS_FILE, dict(sorted(stats.items())))
     meta = dict(settings, key=key, model_ref=model_ref, data_ref=data, examples=len(examples),
                 seconds=round(time.perf_counter() - t0, 3), peak_rss_bytes=peak_rss_bytes())
     if kind == "masks":
