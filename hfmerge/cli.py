@@ -39,6 +39,8 @@ def merge(
     seed: Annotated[int | None, typer.Option(help="random seed (DARE)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output folder")] = False,
     device: Annotated[str, typer.Option(help="device for the arithmetic: cpu, cuda, mps")] = "cpu",
+    download: Annotated[bool, typer.Option(help="download Hub sources to the HF cache first (default: read them "
+                                                "lazily by byte ranges)")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Merge a base model and its experts: `hfmerge merge CONFIG.yaml -o OUT` or
@@ -63,7 +65,8 @@ def merge(
         config.dtype = normalize_dtype(dtype)
     if seed is not None:
         config.seed = seed
-    report = run_merge(config, output, shard_size=shard_size, overwrite=overwrite, device=device, progress=not quiet)
+    report = run_merge(config, output, shard_size=shard_size, overwrite=overwrite, device=device, progress=not quiet,
+                       download=download)
     typer.echo(
         f"merged {len(config.models)} experts with {report['method']} into {output} "
         f"({report['bytes_written'] / 1e9:.2f} GB, {report['wall_seconds']:.1f} s, "

@@ -1,7 +1,47 @@
-"""`hfmerge` commands for the hub side (registered by hfmerge.cli)."""
+"""`hfmerge catalog | pull | push`: the Hub side of the command line (registered by hfmerge.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
+def catalog() -> None:
+    """The MergeBench catalog: 8 bases × 5 domains = 40 experts (alias: mergebench:<base name>)."""
+    from hfmerge.catalog import table
+
+    typer.echo(table())
+
+
+def pull(
+    refs: Annotated[list[str], typer.Argument(help="Hub ids org/name[@rev] or aliases mergebench:<base>")],
+    revision: Annotated[str | None, typer.Option(help="revision for refs without @rev")] = None,
+    local_dir: Annotated[Path | None, typer.Option(help="download into this folder instead of the HF cache")] = None,
+) -> None:
+    """Download only what a merge needs (safetensors, index, configs, tokenizer; never pickles), resumably."""
+    from hfmerge.hub import pull as run_pull
+
+    run_pull(refs, revision, local_dir, echo=typer.echo)
+
+
+def push(
+    folder: Annotated[Path, typer.Argument(help="a merged model folder (output of hfmerge merge)")],
+    repo: Annotated[str, typer.Option(help="target repo NS/NAME (created if needed)")],
+    private: Annotated[bool, typer.Option(help="create the repo private")] = False,
+    results: Annotated[Path | None, typer.Option(help="evaluation results JSON to publish with the card")] = None,
+    revision: Annotated[str | None, typer.Option(help="branch to commit to (created if needed)")] = None,
+) -> None:
+    """Upload the model, its card and results to the Hub in ONE commit (a failure leaves the repo unchanged)."""
+    from hfmerge.hub import push as run_push
+
+    url = run_push(folder, repo, private=private, results=results, revision=revision)
+    typer.echo(f"pushed {folder} to {repo}: {url}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the main app."""
+    app.command()(catalog)
+    app.command()(pull)
+    app.command()(push)

@@ -46,6 +46,8 @@ class MergeConfig:
             raise HfMergeError(f"{origin}: expected a mapping with keys {', '.join(KEYS)}")
         if "merge_method" in d:
             d = from_mergekit(d, origin)
+        d = _expand_aliases(d)
+        d = _pin_revisions(d)
         unknown = sorted(set(d) - set(KEYS))
         if unknown:
             raise HfMergeError(f"{origin}: unknown key {unknown[0]!r} (valid: {', '.join(KEYS)})")
@@ -87,6 +89,43 @@ class MergeConfig:
         ]
         d["models"] = [m["source"] if len(m) == 1 else {"model": m.pop("source"), **m} for m in d["models"]]
         return d
+
+
+def _pin_revisions(d: dict) -> dict:
+    """A resolved config (hfmerge.yaml) records ``revisions: {ref: sha}``: re-running it pins every source."""
+    revisions = d.get("revisions")
+    if not revisions:
+        return {k: v for k, v in d.items() if k != "revisions"}
+    if not isinstance(revisions, dict):
+        raise HfMergeError("'revisions' must map sources to commit shas")
+
+    def pin(ref):
+        repo = ref.split("@")[0] if isinstance(ref, str) else None
+        return f"{repo}@{revisions[repo]}" if repo in revisions else ref
+
+    d = {k: v for k, v in d.items() if k != "revisions"}
+    d["base_model"] = pin(d.get("base_model"))
+    d["models"] = [pin(m) if isinstance(m, str) else dict(m, model=pin(m.get("model"))) if isinstance(m, dict)
+                   else m for m in d.get("models") or []]
+    return d
+
+
+def _expand_aliases(d: dict) -> dict:
+    """``mergebench:<base>`` as base_model gives the base (and its five experts when models is absent);
+    as a models entry, the five experts."""
+    from hfmerge import catalog
+
+    d = dict(d)
+    base = d.get("base_model")
+    if isinstance(base, str) and base.startswith(catalog.ALIAS):
+        d["base_model"], experts = catalog.resolve_alias(base)
+        d.setdefault("models", experts)
+    if isinstance(d.get("models"), list):
+        models = []
+        for m in d["models"]:
+            models += catalog.resolve_alias(m)[1] if isinstance(m, str) and m.startswith(catalog.ALIAS) else [m]
+        d["models"] = models
+    return d
 
 
 def normalize_dtype(dtype: object) -> str | None:

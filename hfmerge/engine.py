@@ -24,7 +24,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from hfmerge import __version__
+from hfmerge import __version__, catalog
+from hfmerge.card import base_license, write_card
 from hfmerge.config import MergeConfig
 from hfmerge.errors import HfMergeError
 from hfmerge.lora import LoraCheckpoint, is_adapter
@@ -277,21 +278,21 @@ def resolved_config(config: MergeConfig, merger: Merger) -> dict:
     d = config.to_dict()
     d["parameters"] = {k: v for k, v in merger.params.items() if v is not None}
     d["dtype"] = merger.out_dtype_name
-    d["revisions"] = {c.ref: c.revision for c in (merger.base, *merger.experts) if c.revision}
+    d["revisions"] = {c.ref.split("@")[0]: c.revision for c in (merger.base, *merger.experts) if c.revision}
     return d
 
 
 @contextmanager
 def open_merger(config: MergeConfig, *, device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL,
-                progress: bool = True) -> Iterator[tuple[Merger, list[tuple[Path, str]]]]:
+                progress: bool = True, download: bool = False) -> Iterator[tuple[Merger, list[tuple[Path, str]]]]:
     """Open (lazily) every source and statistics of ``config``; yields the Merger and the statistics folders."""
     if device != "cpu" and not _device_available(device):
         raise HfMergeError(f"device {device!r} is not available here (use cpu)")
     opened: list[Checkpoint] = []
     try:
-        opened.append(open_checkpoint(config.base_model))
+        opened.append(open_checkpoint(config.base_model, download))
         for m in config.models:
-            reader = open_reader(m.source)
+            reader = open_reader(m.source, download)
             try:
                 opened.append(LoraCheckpoint(m.source, reader, opened[0]) if is_adapter(reader)
                               else Checkpoint(m.source, reader))
@@ -318,7 +319,8 @@ def merge_state_dict(config: MergeConfig, *, device: str = "cpu", chunk_numel: i
 
 
 def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB", overwrite: bool = False,
-          device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL, progress: bool = True) -> dict:
+          device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL, progress: bool = True,
+          download: bool = False) -> dict:
     """Merge ``config`` into the folder ``out``; returns the merge report (also written as merge_report.json).
 
     The output appears only when complete (written to a sibling temp folder, then renamed)."""
@@ -327,7 +329,8 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
     if out.exists() and not overwrite:
         raise HfMergeError(f"output {out} already exists: pass --overwrite or choose another folder")
     shard_bytes = parse_size(shard_size)
-    with open_merger(config, device=device, chunk_numel=chunk_numel, progress=progress) as (merger, stats):
+    with open_merger(config, device=device, chunk_numel=chunk_numel, progress=progress,
+                     download=download) as (merger, stats):
         sources = [merger.base, *merger.experts]
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.hfmerge-tmp-{os.getpid()}"
@@ -347,7 +350,8 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
                 "device": device,
                 "sources": [
                     {"role": "base" if c is merger.base else "expert", "ref": c.ref, "revision": c.revision,
-                     "weight_bytes": c.weight_bytes, "bytes_read": c.bytes_read}
+                     "weight_bytes": c.weight_bytes, "bytes_read": c.bytes_read,
+                     "bytes_fetched": getattr(c.reader, "bytes_fetched", None)}
                     for c in sources
                 ],
                 "statistics": [{"expert": m.source, "folder": str(f), **_sidecar(f)} for m, (f, _) in
@@ -356,10 +360,9 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
                 **run_stats,
                 "wall_seconds": round(time.perf_counter() - start, 3),
                 "peak_rss_bytes": peak_rss_bytes(),
+                "license": base_license(merger.base.reader.read_file("README.md")),
             }
             (tmp / "merge_report.json").write_text(json.dumps(report, indent=2) + "\n")
-            from hfmerge.card import write_card
-
             write_card(tmp, resolved, report)
             _publish(tmp, out)
         except BaseException:
@@ -382,10 +385,12 @@ def resolve_stats(config: MergeConfig, progress: bool = True) -> list[tuple[Path
         if m.stats:
             out.append((Path(m.stats), spec.kind))
             continue
-        if not m.data:
+        data = m.data or (catalog.validation_data(catalog.domain_of(m.source)) if catalog.domain_of(m.source)
+                          else None)
+        if not data:
             raise HfMergeError(f"method {method.name} needs data for expert {m.source}: give it `data:` (its domain's "
                                f"dataset) or `stats:` (a folder made by `hfmerge stats {spec.kind}`)")
-        folder = compute_stats(spec.kind, m.source, m.data, base_ref=config.base_model, skip=config.skip,
+        folder = compute_stats(spec.kind, m.source, data, base_ref=config.base_model, skip=config.skip,
                                seed=config.seed, progress=progress, **spec.settings)
         out.append((folder, spec.kind))
     return out

@@ -68,6 +68,7 @@ class LocalHub:
         self.tokens = tokens
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lock = threading.Lock()
+        self.on_lfs_put = None  # test hook: called with the handler before an LFS upload is read
 
     # ---- blobs --------------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -380,6 +381,8 @@ class Handler(BaseHTTPRequestHandler):
         self._json({"transfer": "basic", "objects": objects})
 
     def lfs_put(self, query, oid: str) -> None:
+        if self.hub.on_lfs_put:
+            self.hub.on_lfs_put(self)
         data = self._body()
         if hashlib.sha256(data).hexdigest() != oid:
             raise HubError(400, "LFS object does not match its oid")
@@ -479,13 +482,18 @@ ROUTES = [
 ]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # dropped connections are not news
+        pass
+
+
 class Server:
     """A running local Hub: ``url``, ``token`` (of user ``user``), ``stop()``."""
 
     def __init__(self, root: Path, user: str = "hfmerge-user", token: str = "hf_local_test_token", port: int = 0):
         self.hub = LocalHub(Path(root), {token: user})
         handler = type("BoundHandler", (Handler,), {"hub": self.hub})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd = _QuietServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.user, self.token = user, token

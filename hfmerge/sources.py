@@ -224,8 +224,9 @@ class Checkpoint:
 HUB_ID = re.compile(r"^[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?$")
 
 
-def open_reader(ref: str) -> Reader:
-    """Byte access to a checkpoint: a local folder, else a Hub repo ``org/name[@revision]`` read lazily."""
+def open_reader(ref: str, download: bool = False) -> Reader:
+    """Byte access to a checkpoint: a local folder, else a Hub repo ``org/name[@revision]`` read lazily by
+    byte ranges (or, with ``download``, from a snapshot in the HF cache)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return LocalReader(path.resolve())
@@ -236,10 +237,10 @@ def open_reader(ref: str) -> Reader:
             from hfmerge.hub import open_remote
         except ImportError:
             raise HfMergeError(f"{ref} is not a local folder and Hub sources are not available") from None
-        return open_remote(ref)
+        return open_remote(ref, download)
     raise HfMergeError(f"model path {ref} does not exist (give a checkpoint folder or a Hub id org/name)")
 
 
-def open_checkpoint(ref: str) -> Checkpoint:
+def open_checkpoint(ref: str, download: bool = False) -> Checkpoint:
     """Open a full checkpoint lazily (see :func:`open_reader`)."""
-    return Checkpoint(ref, open_reader(ref))
+    return Checkpoint(ref, open_reader(ref, download))
