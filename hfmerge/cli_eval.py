@@ -1,7 +1,102 @@
-"""`hfmerge` commands for the eval side (registered by hfmerge.cli)."""
+"""`hfmerge eval | report | tune`: evaluation with lighteval (registered by hfmerge.cli)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from hfmerge.errors import HfMergeError
+
+
+def _model_arg(model: str):
+    """A model folder or Hub id, or a merge config (merged in memory, never written)."""
+    if model.endswith((".yaml", ".yml")) and Path(model).is_file():
+        from hfmerge.config import MergeConfig
+
+        return MergeConfig.from_file(model)
+    return model
+
+
+def eval_command(
+    model: Annotated[str | None, typer.Argument(help="model folder, Hub id, or merge CONFIG.yaml")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="folder for lighteval's files + results.json")]
+    = None,
+    suite: Annotated[str | None, typer.Option(help="a named suite (see --list-suites)")] = None,
+    tasks: Annotated[str | None, typer.Option(help='lighteval tasks, e.g. "gsm8k|8,ifeval|0"')] = None,
+    custom_tasks: Annotated[Path | None, typer.Option(help="a lighteval custom-tasks file (TASKS_TABLE)")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most N samples per task (partial scores)")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size")] = 8,
+    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+    data_dir: Annotated[Path | None, typer.Option(help="local copies of the datasets, Hub-repo layout")] = None,
+    list_suites: Annotated[bool, typer.Option("--list-suites", help="list the suites and their tasks")] = False,
+) -> None:
+    """Evaluate a model with lighteval (offline when the data is local)."""
+    from hfmerge.eval.suites import describe, get_suite
+
+    if list_suites:
+        typer.echo(describe())
+        return
+    if model is None or output is None:
+        raise HfMergeError("give MODEL and -o OUTDIR (or --list-suites)")
+    if bool(suite) == bool(tasks):
+        raise HfMergeError("give exactly one of --suite or --tasks")
+    from hfmerge.eval.runner import evaluate
+
+    spec, custom, multilingual = tasks, custom_tasks, False
+    if suite:
+        s = get_suite(suite)
+        spec, custom, multilingual = s.spec, custom_tasks or s.custom_tasks, s.multilingual
+    if custom is not None and not Path(custom).is_file():
+        raise HfMergeError(f"custom tasks file {custom} does not exist")
+    result = evaluate(_model_arg(model), spec, output, custom_tasks=custom, limit=limit, batch_size=batch_size,
+                      dtype=dtype, suite=suite, data_dir=data_dir, multilingual=multilingual)
+    for task, metrics in result["tasks"].items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.endswith("_stderr"))
+        typer.echo(f"{task:40s} {shown}")
+    typer.echo(f"results: {Path(output) / 'results.json'}")
+
+
+def report(
+    merges: Annotated[list[Path], typer.Argument(help="results.json of each merge")],
+    base: Annotated[Path, typer.Option(help="results.json of the base")],
+    expert: Annotated[list[str], typer.Option(help="DOMAIN=results.json of that domain's expert (repeat)")],
+    suite: Annotated[str | None, typer.Option(help="suite defining the domains' tasks")] = None,
+    domain: Annotated[list[str] | None, typer.Option(help="DOMAIN=task1,task2 (instead of --suite)")] = None,
+    forgetting: Annotated[str | None, typer.Option(help="forgetting task names, comma-separated")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write the measures as JSON")] = None,
+) -> None:
+    """Normalized performance, forgetting, beats-base and gain over the best expert, per merge."""
+    from hfmerge.eval.scores import load_results, measures, table
+    from hfmerge.eval.suites import get_suite
+
+    domains, metric = {}, {}
+    if suite:
+        s = get_suite(suite)
+        domains, metric = dict(s.domains), dict(s.metric)
+    for item in domain or []:
+        name, _, tasks = item.partition("=")
+        domains[name] = [t for t in tasks.split(",") if t]
+    if not domains:
+        raise HfMergeError("give --suite or --domain DOMAIN=task,... so domains map to tasks")
+    experts = {}
+    for item in expert:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise HfMergeError(f"--expert {item!r} must look like DOMAIN=results.json")
+        experts[name] = load_results(path)
+    base_results = load_results(base)
+    forget = [t for t in (forgetting or "").split(",") if t]
+    rows = {Path(m).parent.name or str(m): measures(load_results(m), base_results, experts, domains, forget, metric)
+            for m in merges}
+    typer.echo(table(rows))
+    if output:
+        output.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the main app."""
+    app.command("eval")(eval_command)
+    app.command()(report)

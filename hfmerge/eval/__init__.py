@@ -1,0 +1,1 @@
+"""Evaluation with lighteval: suites, runs (runner), and MergeBench's measures (scores)."""

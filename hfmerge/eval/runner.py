@@ -1,0 +1,194 @@
+"""Run lighteval 0.13 (its Python API: Pipeline, TransformersModelConfig) on a model folder, a Hub id, or a
+merge config merged in memory, on CPU or GPU, fully offline when the data is local.
+
+lighteval traps handled here, not left to users:
+- the built-in registry imports every task module, one of which downloads a file at import (offline crash):
+  only the requested sources are loaded, and built-in modules that fail to import are skipped;
+- the per-sample prediction cache is keyed by the model config, not the weights, and lives inside the model
+  folder (stale scores after a re-merge, junk pushed to the Hub): it is disabled;
+- ``max_new_tokens`` in the model config truncates prompts: never set; tasks keep their generation_size;
+- a batch size is always set (lighteval's auto batch size is for GPUs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+from hfmerge.config import MergeConfig
+from hfmerge.errors import HfMergeError
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def offline_registry(builtins: bool, data_dir: Path | None = None):
+    """Load only what the run needs: the custom tasks, plus (``builtins``) every built-in task module that
+    imports cleanly offline. With ``data_dir``, tasks whose dataset has a local copy in Hub-repo layout at
+    ``data_dir/<hf_repo>`` read it instead of the Hub."""
+    from lighteval.tasks.registry import Registry
+
+    original = Registry.load_all_task_configs
+
+    def load(custom_tasks=None, load_multilingual: bool = False) -> dict:
+        configs: dict = {}
+        if builtins:
+            import lighteval
+
+            root = Path(lighteval.__file__).parent / "tasks" / "tasks"
+            modules = [f"lighteval.tasks.tasks.{f.stem}" for f in root.glob("*.py") if f.name != "__init__.py"]
+            modules += [f"lighteval.tasks.tasks.{d.name}.main" for d in root.iterdir() if (d / "main.py").exists()]
+            if load_multilingual:
+                mroot = root.parent / "multilingual" / "tasks"
+                modules += [f"lighteval.tasks.multilingual.tasks.{f.stem}" for f in mroot.glob("*.py")
+                            if f.name != "__init__.py"]
+            for name in sorted(modules):
+                try:
+                    configs.update(Registry._extract_configs(importlib.import_module(name)))
+                except Exception as e:  # noqa: BLE001 - e.g. a module that downloads at import time, offline
+                    log.info("skipping lighteval task module %s: %s", name, e)
+        if custom_tasks is not None:
+            custom = Registry._extract_configs(Registry.create_custom_tasks_module(custom_tasks))
+            clash = sorted(set(custom) & set(configs))
+            if clash:
+                raise HfMergeError(f"custom task {clash[0]!r} has the name of a built-in lighteval task: rename it")
+            configs.update(custom)
+        if data_dir is not None:
+            for key, cfg in configs.items():
+                local = Path(data_dir) / cfg.hf_repo
+                if local.is_dir():
+                    configs[key] = dataclasses.replace(cfg, hf_repo=str(local))
+        return configs
+
+    Registry.load_all_task_configs = staticmethod(load)
+    try:
+        yield
+    finally:
+        Registry.load_all_task_configs = original
+
+
+def check_causal_lm(path: Path) -> None:
+    cfg = path / "config.json"
+    if not cfg.is_file():
+        raise HfMergeError(f"{path} is not a model folder (no config.json)")
+    archs = json.loads(cfg.read_text()).get("architectures") or []
+    if not any(a.endswith("ForCausalLM") for a in archs):
+        raise HfMergeError(f"{path} is not a causal LM (architectures: {archs or 'none'}); hfmerge evaluates "
+                           "text-generation models")
+
+
+def _in_memory_model(config: MergeConfig):
+    """Merge ``config`` without writing it: (model, tokenizer source, label)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hfmerge.engine import merge_state_dict
+    from hfmerge.sources import open_checkpoint
+
+    base = open_checkpoint(config.base_model)
+    try:
+        cfg_dict = dict(base.config)
+    finally:
+        base.close()
+    state = merge_state_dict(config, progress=True)
+    model_config = AutoConfig.for_model(**cfg_dict)
+    model = AutoModelForCausalLM.from_config(model_config, dtype=next(iter(state.values())).dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {k for k in missing if "lm_head" in k and getattr(model_config, "tie_word_embeddings", False)}
+    if unexpected or set(missing) - tied:
+        raise HfMergeError(f"the merged tensors do not fit {cfg_dict.get('architectures')}: "
+                           f"missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
+    if tied:
+        model.tie_weights()
+    model.eval()
+    torch.set_grad_enabled(False)
+    return model, config.base_model, f"merge:{config.method}"
+
+
+def evaluate(model: str | Path | MergeConfig, tasks: str, output_dir: str | Path, *,
+             custom_tasks: str | Path | ModuleType | None = None, limit: int | None = None, batch_size: int = 8,
+             dtype: str = "float32", builtins: bool | None = None, suite: str | None = None,
+             max_length: int | None = None, data_dir: str | Path | None = None, multilingual: bool = False) -> dict:
+    """Evaluate with lighteval; writes lighteval's results/details under ``output_dir`` and a compact
+    ``results.json`` ({model, revision, suite, tasks: {task: {metric: value, metric_stderr: value}},
+    lighteval_version, seconds}), which is also returned."""
+    from lighteval import __version__ as lighteval_version
+    from lighteval.logging.evaluation_tracker import EvaluationTracker
+    from lighteval.models.transformers.transformers_model import TransformersModelConfig
+    from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
+
+    t0 = time.perf_counter()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    in_memory, revision = None, None
+    if isinstance(model, MergeConfig):
+        in_memory, name, label = _in_memory_model(model)
+    else:
+        path = Path(model).expanduser()
+        if path.is_dir():
+            check_causal_lm(path)
+            name, label = str(path.resolve()), str(model)
+        else:
+            from hfmerge.hub import download
+
+            path = download(str(model))  # the HF cache's snapshot folder is named by the commit sha
+            check_causal_lm(path)
+            name, label, revision = str(path), str(model), path.name
+    if builtins is None:  # built-ins are loaded only when a requested task is not a custom one
+        from lighteval.tasks.registry import Registry
+
+        wanted = {t.strip().split("|")[0] for t in tasks.split(",") if t.strip()}
+        custom_names = set(Registry._extract_configs(Registry.create_custom_tasks_module(custom_tasks))) \
+            if custom_tasks is not None else set()
+        builtins = not wanted <= custom_names
+    import torch
+
+    model_config = TransformersModelConfig(model_name=name, batch_size=batch_size, dtype=dtype,
+                                           max_length=max_length, cache_dir=str(out / ".lighteval-cache"),
+                                           device="cuda" if torch.cuda.is_available() else "cpu")
+    params = PipelineParameters(launcher_type=ParallelismManager.NONE, custom_tasks_directory=custom_tasks,
+                                max_samples=limit, load_tasks_multilingual=multilingual)
+    tracker = EvaluationTracker(output_dir=str(out), save_details=True)
+    with offline_registry(builtins, Path(data_dir) if data_dir else None):
+        try:
+            pipeline = Pipeline(tasks=tasks, pipeline_parameters=params, evaluation_tracker=tracker,
+                                model_config=model_config, model=in_memory)
+        except HfMergeError:
+            raise
+        except (ValueError, KeyError) as e:
+            raise HfMergeError(f"unknown or invalid task in {tasks!r} ({' '.join(str(e).split())[:200]}); "
+                               "see `hfmerge eval --list-suites` and lighteval's task list") from None
+        except FileNotFoundError as e:
+            raise HfMergeError(f"task data not found: {e}") from None
+    pipeline.model._cache = None  # keyed by config, not weights: stale after a re-merge
+    try:
+        pipeline.evaluate()
+    except (FileNotFoundError, ConnectionError, OSError) as e:
+        where = f" (looked for local copies under {data_dir})" if data_dir else " (offline? use --data-dir)"
+        raise HfMergeError(f"cannot load the data of {tasks}{where}: {' '.join(str(e).split())[:200]}") from None
+    pipeline.save_and_push_results()
+    raw = pipeline.get_results()["results"]
+    compact = {
+        "model": label,
+        "revision": revision,
+        "suite": suite,
+        "tasks": {_task_key(k): {m: float(v) for m, v in metrics.items() if isinstance(v, int | float)}
+                  for k, metrics in raw.items() if k != "all"},
+        "lighteval_version": lighteval_version,
+        "limit": limit,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    (out / "results.json").write_text(json.dumps(compact, indent=2) + "\n")
+    return compact
+
+
+def _task_key(key: str) -> str:
+    """lighteval reports ``name:shots`` (its "|" turned into ":"); hfmerge keeps ``name|shots``."""
+    name, sep, shots = key.rpartition(":")
+    return f"{name}|{shots}" if sep and shots.isdigit() else key

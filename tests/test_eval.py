@@ -1,0 +1,122 @@
+"""Evaluation: `hfmerge eval` equals lighteval's own Pipeline; in-memory merges; MergeBench's measures."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from hfmerge.config import MergeConfig, ModelRef
+from hfmerge.engine import merge
+from hfmerge.errors import HfMergeError
+from hfmerge.eval.scores import measures
+
+TASKS = Path(__file__).parent / "eval_tasks.py"
+SPEC = "hfm_test_mcq|0,hfm_test_gen|0"
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaldata")
+    rng = random.Random(0)
+    words = ["fox", "dog", "three", "five", "monde", "hola", "return", "safe"]
+    (root / "mcq").mkdir()
+    (root / "gen").mkdir()
+    mcq = [{"question": f"the quick brown {rng.choice(words)} jumps over the", "choices": rng.sample(words, 3),
+            "answer": rng.randrange(3)} for _ in range(12)]
+    gen = [{"prompt": f"two plus {w} equals", "target": f" {rng.choice(words)}"} for w in words]
+    (root / "mcq" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mcq))
+    (root / "gen" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gen))
+    os.environ["HFMERGE_TEST_EVAL_DATA"] = str(root)
+    return root
+
+
+def lighteval_directly(model_dir: Path, out: Path) -> dict:
+    """lighteval's own Pipeline, offline: the registry loads only the custom task module (notes' fix A)."""
+    from lighteval.logging.evaluation_tracker import EvaluationTracker
+    from lighteval.models.transformers.transformers_model import TransformersModelConfig
+    from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
+    from lighteval.tasks.registry import Registry
+
+    original = Registry.load_all_task_configs
+    Registry.load_all_task_configs = staticmethod(
+        lambda custom_tasks=None, load_multilingual=False: Registry._extract_configs(
+            Registry.create_custom_tasks_module(custom_tasks)))
+    try:
+        pipeline = Pipeline(
+            tasks=SPEC,
+            pipeline_parameters=PipelineParameters(launcher_type=ParallelismManager.NONE,
+                                                   custom_tasks_directory=str(TASKS)),
+            evaluation_tracker=EvaluationTracker(output_dir=str(out)),
+            model_config=TransformersModelConfig(model_name=str(model_dir), batch_size=4, dtype="float32",
+                                                 cache_dir=str(out / "cache")),
+        )
+    finally:
+        Registry.load_all_task_configs = original
+    pipeline.evaluate()
+    return pipeline.get_results()["results"]
+
+
+def test_eval_equals_lighteval_and_in_memory_merge(family, eval_data, tmp_path):
+    from hfmerge.eval.runner import evaluate
+
+    base, experts = family("llama")
+    cfg = MergeConfig("task_arithmetic", str(base), [ModelRef(str(e)) for e in experts], {"scaling": 0.5},
+                      dtype="float32")
+    merge(cfg, tmp_path / "merged", progress=False)
+    ours = evaluate(tmp_path / "merged", SPEC, tmp_path / "eval", custom_tasks=TASKS, batch_size=4)
+    assert not list((tmp_path / "merged").rglob("*.parquet")), "no prediction cache inside the model folder"
+    theirs = lighteval_directly(tmp_path / "merged", tmp_path / "direct")
+    assert ours["tasks"]["hfm_test_mcq|0"]["acc"] == theirs["hfm_test_mcq:0"]["acc"]
+    assert ours["tasks"]["hfm_test_gen|0"]["em"] == theirs["hfm_test_gen:0"]["em"]
+    assert "acc_stderr" in ours["tasks"]["hfm_test_mcq|0"]
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert saved["tasks"] == ours["tasks"] and saved["lighteval_version"]
+    assert list((tmp_path / "eval" / "results").rglob("results_*.json")), "lighteval's own results file"
+    # the same merge evaluated in memory, never written, scores the same
+    in_memory = evaluate(cfg, SPEC, tmp_path / "eval-mem", custom_tasks=TASKS, batch_size=4)
+    assert in_memory["tasks"] == ours["tasks"]
+    # re-merging into the same folder with other weights is re-evaluated, not served from a cache
+    merge(MergeConfig("soup", str(base), [ModelRef(str(experts[0]))], dtype="float32"), tmp_path / "merged",
+          overwrite=True, progress=False)
+    again = evaluate(tmp_path / "merged", "hfm_test_mcq|0", tmp_path / "eval2", custom_tasks=TASKS, batch_size=4)
+    direct = lighteval_directly(tmp_path / "merged", tmp_path / "direct2")
+    assert again["tasks"]["hfm_test_mcq|0"]["acc"] == direct["hfm_test_mcq:0"]["acc"]
+
+
+def test_eval_errors(family, eval_data, tmp_path):
+    from hfmerge.eval.runner import evaluate
+    from hfmerge.eval.suites import get_suite
+
+    with pytest.raises(HfMergeError, match="unknown suite 'nope'.*mergebench"):
+        get_suite("nope")
+    (tmp_path / "notlm").mkdir()
+    (tmp_path / "notlm" / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    with pytest.raises(HfMergeError, match="not a causal LM"):
+        evaluate(tmp_path / "notlm", SPEC, tmp_path / "o", custom_tasks=TASKS)
+    base, _ = family("llama")
+    with pytest.raises(HfMergeError, match="hfm_test_nope"):
+        evaluate(base, "hfm_test_nope|0", tmp_path / "o", custom_tasks=TASKS)
+
+
+def results(tasks: dict) -> dict:
+    return {"model": "x", "tasks": {f"{t}|0": {"acc": v, "acc_stderr": 0.01} for t, v in tasks.items()}}
+
+
+def test_measures_by_hand():
+    domains = {"math": ["m1", "m2"], "code": ["c1"]}
+    base = results({"m1": 0.2, "m2": 0.2, "c1": 0.1, "k": 0.8})
+    experts = {"math": results({"m1": 0.8, "m2": 0.6, "c1": 0.1, "k": 0.6}),
+               "code": results({"m1": 0.2, "m2": 0.2, "c1": 0.5, "k": 0.7})}
+    merged = results({"m1": 0.6, "m2": 0.5, "c1": 0.4, "k": 0.72})
+    m = measures(merged, base, experts, domains, forgetting_tasks=["k"])
+    assert m["normalized"]["math"] == pytest.approx(0.55 / 0.7)
+    assert m["normalized"]["code"] == pytest.approx(0.4 / 0.5)
+    assert m["normalized"]["mean"] == pytest.approx((0.55 / 0.7 + 0.8) / 2)
+    assert m["forgetting"] == pytest.approx(0.72 / 0.8)
+    assert m["beats_base"] is True  # 0.475 > 0.15
+    # best single expert: math expert (0.7 + 0.1) / 2 = 0.4 vs code expert (0.2 + 0.5) / 2 = 0.35
+    assert m["gain_over_best_expert"] == pytest.approx(0.475 - 0.4)
