@@ -96,7 +96,42 @@ def report(
         output.write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def tune(
+    config: Annotated[Path, typer.Argument(help="merge CONFIG.yaml (its method and sources)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder for tune.json, best.yaml, evaluations")],
+    grid: Annotated[str | None, typer.Option(help='e.g. "scaling=0.2:1.0:0.2,density=0.1,0.2" (default: '
+                                                  "MergeBench's grid for the method)")] = None,
+    suite: Annotated[str | None, typer.Option(help="validation suite")] = None,
+    tasks: Annotated[str | None, typer.Option(help="validation tasks instead of a suite")] = None,
+    custom_tasks: Annotated[Path | None, typer.Option(help="a lighteval custom-tasks file")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most N samples per task")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size")] = 8,
+    data_dir: Annotated[Path | None, typer.Option(help="local copies of the datasets, Hub-repo layout")] = None,
+) -> None:
+    """Grid-search a method's parameters on validation tasks; writes the best config and the cost."""
+    from hfmerge.config import MergeConfig
+    from hfmerge.eval.suites import get_suite
+    from hfmerge.tune import parse_grid, suite_scorer, write_results
+    from hfmerge.tune import tune as run_tune
+
+    if bool(suite) == bool(tasks):
+        raise HfMergeError("give exactly one of --suite or --tasks (validation tasks, never the test tasks)")
+    cfg = MergeConfig.from_file(config)
+    spec, custom, metric = tasks, custom_tasks, None
+    if suite:
+        s = get_suite(suite)
+        spec, custom, metric = s.spec, custom_tasks or s.custom_tasks, s.metric
+    scorer = suite_scorer(cfg, spec, output / "evaluations", custom_tasks=custom, limit=limit, batch_size=batch_size,
+                          metric=metric, data_dir=data_dir)
+    result = run_tune(cfg, parse_grid(grid) if grid else None, scorer)
+    best = write_results(result, cfg, output)
+    typer.echo(result.table())
+    typer.echo(f"best: {result.best['parameters']} (score {result.best['score']:.4f}); {len(result.rows)} "
+               f"evaluations, {result.merges} merges, {result.seconds:.1f} s -> {best}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the main app."""
     app.command("eval")(eval_command)
     app.command()(report)
+    app.command()(tune)

@@ -143,6 +143,29 @@ def _base_tensors(config: MergeConfig) -> tuple[dict[str, torch.Tensor], dict[st
         base.close()
 
 
+def suite_scorer(config: MergeConfig, tasks: str, out: Path, *, custom_tasks=None, limit: int | None = None,
+                 batch_size: int = 8, metric: dict[str, str] | None = None, data_dir=None) -> Scorer:
+    """Score = mean over the validation tasks of each task's metric that counts, evaluated by lighteval on
+    the candidate in memory."""
+    from hfmerge.eval.runner import InMemory, build_model, evaluate
+    from hfmerge.eval.scores import task_score
+
+    counter = iter(range(1 << 30))
+
+    def score(state: dict[str, torch.Tensor]) -> float:
+        i = next(counter)
+        model = build_model(config.base_model, state)
+        res = evaluate(InMemory(model, config.base_model, f"candidate-{i}"), tasks, out / f"candidate-{i}",
+                       custom_tasks=custom_tasks, limit=limit, batch_size=batch_size, data_dir=data_dir)
+        values = [task_score(res, key.split("|")[0], metric) for key in res["tasks"]]
+        values = [v for v in values if v is not None]
+        if not values:
+            raise HfMergeError(f"the validation tasks {tasks!r} produced no scores")
+        return sum(values) / len(values)
+
+    return score
+
+
 def write_results(result: TuneResult, config: MergeConfig, out: Path) -> Path:
     """tune.json (every candidate, cost) and best.yaml (the config to merge with)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -120,3 +120,33 @@ def test_measures_by_hand():
     assert m["beats_base"] is True  # 0.475 > 0.15
     # best single expert: math expert (0.7 + 0.1) / 2 = 0.4 vs code expert (0.2 + 0.5) / 2 = 0.35
     assert m["gain_over_best_expert"] == pytest.approx(0.475 - 0.4)
+
+
+def test_tune_cli_scores_equal_eval_of_each_candidate(family, eval_data, tmp_path, monkeypatch, capsys):
+    import sys
+
+    import yaml
+
+    from hfmerge.cli import main
+    from hfmerge.eval.runner import evaluate
+
+    base, experts = family("llama")
+    cfg = {"method": "task_arithmetic", "base_model": str(base), "models": [str(e) for e in experts],
+           "dtype": "float32"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.setattr(sys, "argv", ["hfmerge", "tune", str(tmp_path / "c.yaml"), "--grid", "scaling=0.3,0.9",
+                                      "--tasks", SPEC, "--custom-tasks", str(TASKS), "-o", str(tmp_path / "tune")])
+    try:
+        main()
+    except SystemExit as e:
+        assert e.code == 0
+    cost = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert cost["evaluations"] == 2 and cost["merges"] == 1  # one merged task vector serves both λ
+    for row in cost["rows"]:
+        merged = tmp_path / f"m{row['parameters']['scaling']}"
+        merge(MergeConfig.from_dict(dict(cfg, parameters=row["parameters"])), merged, progress=False)
+        res = evaluate(merged, SPEC, tmp_path / f"e{row['parameters']['scaling']}", custom_tasks=TASKS)
+        expected = (res["tasks"]["hfm_test_mcq|0"]["acc"] + res["tasks"]["hfm_test_gen|0"]["em"]) / 2
+        assert row["score"] == pytest.approx(expected)
+    best = yaml.safe_load((tmp_path / "tune" / "best.yaml").read_text())
+    assert best["parameters"] == max(cost["rows"], key=lambda r: r["score"])["parameters"]

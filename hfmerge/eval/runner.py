@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -83,20 +84,27 @@ def check_causal_lm(path: Path) -> None:
                            "text-generation models")
 
 
-def _in_memory_model(config: MergeConfig):
-    """Merge ``config`` without writing it: (model, tokenizer source, label)."""
+@dataclass
+class InMemory:
+    """A model already in memory (e.g. a tuning candidate), its tokenizer's source, and a label."""
+
+    model: object
+    tokenizer: str
+    label: str
+
+
+def build_model(base_ref: str, state: dict):
+    """A transformers model of the base's architecture holding the merged ``state`` (no file written)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from hfmerge.engine import merge_state_dict
     from hfmerge.sources import open_checkpoint
 
-    base = open_checkpoint(config.base_model)
+    base = open_checkpoint(base_ref)
     try:
         cfg_dict = dict(base.config)
     finally:
         base.close()
-    state = merge_state_dict(config, progress=True)
     model_config = AutoConfig.for_model(**cfg_dict)
     model = AutoModelForCausalLM.from_config(model_config, dtype=next(iter(state.values())).dtype)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -108,10 +116,19 @@ def _in_memory_model(config: MergeConfig):
         model.tie_weights()
     model.eval()
     torch.set_grad_enabled(False)
-    return model, config.base_model, f"merge:{config.method}"
+    return model
 
 
-def evaluate(model: str | Path | MergeConfig, tasks: str, output_dir: str | Path, *,
+def _tokenizer_path(ref: str) -> str:
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    from hfmerge.hub import download
+
+    return str(download(ref))
+
+
+def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir: str | Path, *,
              custom_tasks: str | Path | ModuleType | None = None, limit: int | None = None, batch_size: int = 8,
              dtype: str = "float32", builtins: bool | None = None, suite: str | None = None,
              max_length: int | None = None, data_dir: str | Path | None = None, multilingual: bool = False) -> dict:
@@ -128,7 +145,12 @@ def evaluate(model: str | Path | MergeConfig, tasks: str, output_dir: str | Path
     out.mkdir(parents=True, exist_ok=True)
     in_memory, revision = None, None
     if isinstance(model, MergeConfig):
-        in_memory, name, label = _in_memory_model(model)
+        from hfmerge.engine import merge_state_dict
+
+        model = InMemory(build_model(model.base_model, merge_state_dict(model, progress=True)), model.base_model,
+                         f"merge:{model.method}")
+    if isinstance(model, InMemory):
+        in_memory, name, label = model.model, _tokenizer_path(model.tokenizer), model.label
     else:
         path = Path(model).expanduser()
         if path.is_dir():
