@@ -73,7 +73,7 @@ def compute_stats(kind: str, model_ref: str, data: str, *, out: Path | None = No
         return folder
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from hfmerge.engine import is_skipped, peak_rss_bytes
     from hfmerge.stats import compute
@@ -85,7 +85,7 @@ def compute_stats(kind: str, model_ref: str, data: str, *, out: Path | None = No
     path = _local_model(model_ref)
     tokenizer = AutoTokenizer.from_pretrained(path)
     examples = tokenize(load_rows(data, split, samples), tokenizer, prompt_format, max_length, origin=data)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = _load_fp32(path)
     merged = {n for n, _ in model.named_parameters() if not is_skipped(n, skip or [])}
     if kind == "fisher":
         stats = compute.fisher(model, examples, fisher_variant, merged, progress)
@@ -113,6 +113,26 @@ def compute_stats(kind: str, model_ref: str, data: str, *, out: Path | None = No
     folder.parent.mkdir(parents=True, exist_ok=True)
     os.rename(tmp, folder)
     return folder
+
+
+def _load_fp32(path: Path):
+    """The model in fp32, filled tensor by tensor with pread (no mapped file pages on top of the model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ckpt = Checkpoint(str(path), LocalReader(Path(path).resolve()))
+    try:
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+        with torch.no_grad():
+            for name, param in model.state_dict(keep_vars=True).items():
+                if name in ckpt.tensors:
+                    param.copy_(ckpt.read(name))
+                elif not (name.startswith("lm_head") and model.config.tie_word_embeddings) and \
+                        isinstance(param, torch.nn.Parameter):
+                    raise HfMergeError(f"{path} lacks the weight {name}")
+        return model
+    finally:
+        ckpt.close()
 
 
 def open_stats(folder: str | Path, kind: str) -> Checkpoint:
