@@ -13,6 +13,7 @@ lighteval traps handled here, not left to users:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -95,7 +96,6 @@ class InMemory:
 
 def build_model(base_ref: str, state: dict):
     """A transformers model of the base's architecture holding the merged ``state`` (no file written)."""
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from hfmerge.sources import open_checkpoint
@@ -115,7 +115,6 @@ def build_model(base_ref: str, state: dict):
     if tied:
         model.tie_weights()
     model.eval()
-    torch.set_grad_enabled(False)
     return model
 
 
@@ -128,6 +127,24 @@ def _tokenizer_path(ref: str) -> str:
     return str(download(ref))
 
 
+def _keeps_grad_mode(fn):
+    """Importing lighteval switches autograd off for the whole process (``torch.set_grad_enabled(False)`` at
+    import): restore the caller's mode afterwards."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        grad_mode = torch.is_grad_enabled()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_grad_enabled(grad_mode)
+
+    return wrapper
+
+
+@_keeps_grad_mode
 def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir: str | Path, *,
              custom_tasks: str | Path | ModuleType | None = None, limit: int | None = None, batch_size: int = 8,
              dtype: str = "float32", builtins: bool | None = None, suite: str | None = None,

@@ -25,6 +25,7 @@ def _sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits[0, :-1].float(), labels[1:], ignore_index=-100)
 
 
+@torch.enable_grad()
 def fisher(model: nn.Module, examples: list[Example], variant: str = "hard_last", names: set[str] | None = None,
            progress: bool = True) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of the parameters in ``names`` (default: all): mean over examples of the squared
@@ -112,6 +113,7 @@ def _topk_init(taus: dict[str, torch.Tensor], sparsity: float) -> dict[str, torc
     return {n: torch.where(t.abs() >= thr, MASK_INIT, -MASK_INIT) for n, t in taus.items()}
 
 
+@torch.enable_grad()
 def trained_masks(model: nn.Module, base_state: dict[str, torch.Tensor], names: list[str],
                   examples: list[Example], sparsity: float = 0.1, lr: float = 0.1, epochs: int = 1,
                   l1: float = 0.0, seed: int = 0, progress: bool = True) -> dict[str, torch.Tensor]:
