@@ -102,6 +102,23 @@ def stats(
 
 
 @app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where the mini-MergeBench, merges and results go")] = Path("demo_out"),
+    size: Annotated[str, typer.Option(help="demo | test (smaller, for CI)")] = "demo",
+    hub: Annotated[str | None, typer.Option(help="use this Hub URL instead of starting one on 127.0.0.1")] = None,
+    arch: Annotated[str, typer.Option(help="llama | gemma2")] = "llama",
+) -> None:
+    """The whole pipeline offline on the mini-MergeBench: build, publish, pull, merge, tune, evaluate, push."""
+    from hfmerge.demo import SIZES, run
+
+    if size not in SIZES:
+        raise HfMergeError(f"unknown demo size {size!r} (valid: {', '.join(SIZES)})")
+    if arch not in ("llama", "gemma2"):
+        raise HfMergeError(f"unknown demo architecture {arch!r} (valid: llama, gemma2)")
+    run(workdir, size, hub, log=typer.echo, arch=arch)
+
+
+@app.command()
 def methods() -> None:
     """List the merge methods with their parameters, defaults and ranges."""
     from hfmerge.methods.registry import METHODS

@@ -6,6 +6,7 @@ They follow the MergeBench protocol as closely as lighteval 0.13 allows; the dif
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hfmerge.errors import HfMergeError
 
@@ -53,6 +54,17 @@ SUITES: dict[str, Suite] = {
         missing="IFEval-like instruction data, CoNaLa (coding) and WildJailbreak (safety) have no lighteval tasks",
     ),
 }
+
+
+_MINI_TASKS = str(Path(__file__).parent.parent / "demo_tasks.py")
+_MINI_DOMAINS = ("instruction", "math", "coding", "multilingual", "safety")
+for _split in ("test", "validation"):
+    SUITES["mini" if _split == "test" else "mini_validation"] = Suite(
+        "mini" if _split == "test" else "mini_validation",
+        f"the mini-MergeBench ({_split} splits; data folder from $HFMERGE_MINI_DATA, made by `hfmerge demo`)",
+        [f"mini_{d}_{_split}|0" for d in (*_MINI_DOMAINS, "general")],
+        domains={d: [f"mini_{d}_{_split}"] for d in _MINI_DOMAINS}, custom_tasks=_MINI_TASKS,
+    )
 
 
 def register(suite: Suite) -> None:
