@@ -32,7 +32,7 @@ from hfmerge.lora import LoraCheckpoint, is_adapter
 from hfmerge.methods.base import Chunk, Method, Quantile
 from hfmerge.methods.registry import get_method
 from hfmerge.methods.selection import RadixSelect, high_bits, kth_smallest, rank_for_density
-from hfmerge.sources import DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint, open_reader
+from hfmerge.sources import DTYPE_NAMES, DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint, open_reader
 from hfmerge.stats.store import open_stats
 from hfmerge.writer import MemoryWriter, OutTensor, ShardWriter, parse_size
 
@@ -118,8 +118,8 @@ class Merger:
         self.progress = progress
         self.weights = [m.weight for m in config.models]
         merged = set(validate(base, experts, config.skip))
-        out_dtype = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[resolve_dtype(config, base)]
         self.out_dtype_name = resolve_dtype(config, base)
+        out_dtype = DTYPE_NAMES[getattr(torch, self.out_dtype_name)]
         self.plan = [
             PlannedTensor(t, t.name in merged, out_dtype if t.dtype in FLOAT_DTYPES else t.dtype)
             for t in sorted(base.tensors.values(), key=lambda t: (t.file, t.start))

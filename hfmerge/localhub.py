@@ -224,7 +224,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             for pattern, verb, fn in ROUTES:
                 m = pattern.fullmatch(path)
-                if m and verb == method:
+                if m and method in verb.split():
                     return fn(self, query, **m.groupdict())
             raise HubError(404, f"no route for {method} {path}")
         except (KeyError, ValueError, TypeError) as e:
@@ -475,9 +475,7 @@ ROUTES = [
     (re.compile(rf"/(?P<prefix>datasets/|spaces/)?{_R}\.git/info/lfs/objects/batch"), "POST", Handler.lfs_batch),
     (re.compile(r"/_lfs/(?P<oid>[0-9a-f]{64})"), "PUT", Handler.lfs_put),
     (re.compile(r"/_lfs/(?P<oid>[0-9a-f]{64})/verify"), "POST", Handler.lfs_verify),
-    (re.compile(rf"/(?P<prefix>datasets/|spaces/)?{_R}/resolve/(?P<rev>[^/]+)/(?P<file>.+)"), "GET",
-     Handler.resolve),
-    (re.compile(rf"/(?P<prefix>datasets/|spaces/)?{_R}/resolve/(?P<rev>[^/]+)/(?P<file>.+)"), "HEAD",
+    (re.compile(rf"/(?P<prefix>datasets/|spaces/)?{_R}/resolve/(?P<rev>[^/]+)/(?P<file>.+)"), "GET HEAD",
      Handler.resolve),
 ]
 

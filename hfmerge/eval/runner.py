@@ -152,10 +152,9 @@ def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir:
     """Evaluate with lighteval; writes lighteval's results/details under ``output_dir`` and a compact
     ``results.json`` ({model, revision, suite, tasks: {task: {metric: value, metric_stderr: value}},
     lighteval_version, seconds}), which is also returned."""
-    from lighteval import __version__ as lighteval_version
     from lighteval.logging.evaluation_tracker import EvaluationTracker
     from lighteval.models.transformers.transformers_model import TransformersModelConfig
-    from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
+    from lighteval.pipeline import ParallelismManager, PipelineParameters
 
     t0 = time.perf_counter()
     out = Path(output_dir)
@@ -194,6 +193,24 @@ def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir:
     params = PipelineParameters(launcher_type=ParallelismManager.NONE, custom_tasks_directory=custom_tasks,
                                 max_samples=limit, load_tasks_multilingual=multilingual)
     tracker = EvaluationTracker(output_dir=str(out), save_details=True)
+    # datasets caches a local folder's Arrow under the folder's NAME, not its content: a rebuilt dataset at
+    # another path would be served stale. Each evaluation prepares its data in its own cache.
+    import datasets
+
+    saved_cache = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = out / ".datasets-cache"
+    try:
+        return _run(tasks, params, tracker, model_config, in_memory, builtins, data_dir, out, label, revision, suite,
+                    limit, t0)
+    finally:
+        datasets.config.HF_DATASETS_CACHE = saved_cache
+
+
+def _run(tasks, params, tracker, model_config, in_memory, builtins, data_dir, out, label, revision, suite, limit,
+         t0) -> dict:
+    from lighteval import __version__ as lighteval_version
+    from lighteval.pipeline import Pipeline
+
     with offline_registry(builtins, Path(data_dir) if data_dir else None):
         try:
             pipeline = Pipeline(tasks=tasks, pipeline_parameters=params, evaluation_tracker=tracker,
