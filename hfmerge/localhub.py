@@ -212,7 +212,7 @@ class Handler(BaseHTTPRequestHandler):
         if "Content-Length" not in (headers or {}):
             self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head and body:
+        if body and not head and self.command != "HEAD":  # a HEAD answer never carries a body, errors included
             self.wfile.write(body)
 
     def _json(self, obj: object, status: int = 200, headers: dict | None = None) -> None:
