@@ -41,12 +41,14 @@ def topk_masks(taus: dict[str, torch.Tensor], names: list[str], density: float, 
 
 
 def dare_mask(seed: int, name: str, task: int, numel: int, p: float) -> torch.Tensor:
+    """Whole blocks of 15-bit uniforms (the low 15 bits of each 16-bit quarter of a 64-bit draw), then cut."""
     gen = torch.Generator()
     blocks = []
     for b in range(math.ceil(numel / RNG_BLOCK)):
         gen.manual_seed(block_seed(seed, name, task, b))
-        blocks.append(torch.rand(RNG_BLOCK, generator=gen))
-    return torch.cat(blocks)[:numel] >= p
+        words = torch.empty(RNG_BLOCK // 4, dtype=torch.int64).random_(generator=gen)
+        blocks.append(words.view(torch.int16).int() % (1 << 15))
+    return torch.cat(blocks)[:numel] >= round(p * (1 << 15))
 
 
 def reference_merge(method: str, base_dir: Path, expert_dirs: list[Path], params: dict,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -24,13 +24,24 @@ class Chunk:
     thresholds: dict[str, torch.Tensor] = field(default_factory=dict)  # Quantile.key -> [N] thresholds
     stats: list[torch.Tensor | None] | None = None  # per expert: its statistics for this chunk (or tensor)
     memo: dict = field(default_factory=dict)  # per-tensor scratch a method may reuse across its chunks
+    _taus: torch.Tensor | None = field(default=None, repr=False)
+
+    def rows(self, first: int, count: int) -> Chunk:
+        """Rows [first, first + count) of this chunk as a chunk sharing its memory (and τ, once computed)."""
+        rows = slice(first, first + count)
+        return replace(self, offset=self.offset + first * self.base[0].numel(), base=self.base[rows],
+                       experts=self.experts[:, rows], _taus=None if self._taus is None else self._taus[:, rows],
+                       stats=None if self.stats is None else [s if s is None else s[rows] for s in self.stats])
 
     def task_vectors(self) -> torch.Tensor:
-        """τᵢ = wᵢ·(θᵢ − θ₀), stacked as [N, *shape]."""
-        taus = torch.sub(self.experts, self.base)
-        if any(w != 1.0 for w in self.weights):
-            taus *= torch.tensor(self.weights, dtype=taus.dtype, device=taus.device).view(-1, *[1] * self.base.dim())
-        return taus
+        """τᵢ = wᵢ·(θᵢ − θ₀), stacked as [N, *shape]: computed once, IN PLACE over ``experts`` (the chunk owns
+        its fp32 rows; after this call ``experts`` holds τ and methods use only the returned tensor)."""
+        if self._taus is None:
+            self._taus = self.experts.sub_(self.base)
+            if any(w != 1.0 for w in self.weights):
+                self._taus *= torch.tensor(self.weights, dtype=self._taus.dtype,
+                                           device=self._taus.device).view(-1, *[1] * self.base.dim())
+        return self._taus
 
 
 @dataclass(frozen=True)

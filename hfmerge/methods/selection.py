@@ -35,13 +35,13 @@ def kth_smallest(values: torch.Tensor, k: int) -> float:
     n = flat.numel()
     if n <= _SAMPLE * 4:
         return float(flat.float().kthvalue(k).values)
-    sample = flat[:: n // _SAMPLE].float().sort().values
+    sample = flat[:: n // _SAMPLE].float()
     m = sample.numel()
     margin = 4 * int(m**0.5) + 16
     pos = k * m // n
-    lo = sample[max(0, pos - margin)]
-    hi = sample[min(m - 1, pos + margin)]
-    below = int((flat < lo).sum())
+    lo = sample.kthvalue(max(0, pos - margin) + 1).values
+    hi = sample.kthvalue(min(m - 1, pos + margin) + 1).values
+    below = int(torch.count_nonzero(flat < lo))
     inside = flat[(flat >= lo) & (flat <= hi)]
     if below < k <= below + inside.numel():
         return float(inside.float().kthvalue(k - below).values)

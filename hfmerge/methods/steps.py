@@ -49,18 +49,22 @@ def block_seed(seed: int, name: str, task: int, block: int) -> int:
 def dare_keep(seed: int, name: str, task: int, offset: int, numel: int, drop_rate: float) -> torch.Tensor:
     """Bernoulli(1−p) keep-mask for elements [offset, offset+numel) of one task's tensor.
 
-    Uniforms are drawn per fixed block of RNG_BLOCK elements from a generator seeded by
-    (seed, tensor name, task, block), so the mask depends on nothing but the seed and the element's
-    position: not on chunk size, thread count or device."""
+    Each element gets a 15-bit uniform u (a quarter of a 64-bit draw, top bit dropped) and is kept when
+    u ≥ round(p·2¹⁵): p acts at 2⁻¹⁵ resolution, three times cheaper than a float draw per element.
+    Draws are made per fixed block of RNG_BLOCK elements from a generator seeded by (seed, tensor name,
+    task, block), so the mask depends on nothing but the seed and the element's position: not on chunk
+    size, thread count or device."""
     first, last = offset // RNG_BLOCK, (offset + numel - 1) // RNG_BLOCK
+    cut = round(drop_rate * (1 << 15))
     parts = []
     gen = torch.Generator()
     for b in range(first, last + 1):
         gen.manual_seed(block_seed(seed, name, task, b))
         start = max(offset, b * RNG_BLOCK) - b * RNG_BLOCK
         stop = min(offset + numel, (b + 1) * RNG_BLOCK) - b * RNG_BLOCK
-        parts.append(torch.rand(RNG_BLOCK, generator=gen)[start:stop])
-    return torch.cat(parts) >= drop_rate
+        words = torch.empty((stop + 3) // 4, dtype=torch.int64).random_(generator=gen)  # a prefix of the block's
+        parts.append(words.view(torch.int16)[start:stop].bitwise_and(0x7FFF) >= cut)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def dare(drop_rate: float) -> Step:
