@@ -6,7 +6,10 @@ Synthetic Llama-shaped bf16 checkpoints (base + N experts = base + noise) are bu
 mergekit is installed from PyPI into its own venv (benchmarks/.venv-mergekit, torch CPU wheel first). Every run
 is a subprocess (wall time; peak RSS from wait4); runs alternate between the tools; medians over repeats.
 Both tools merge every tensor (hfmerge with `skip: []`, as mergekit does), so outputs are comparable
-element by element; the page cache is warm for every run (a first read primes it)."""
+element by element; the page cache is warm for every run (a first read primes it). Agreement is checked against
+mergekit computing in float32 (`dtype: float32, out_dtype: bfloat16`, as hfmerge computes) and, for reference,
+against its default bfloat16 arithmetic. `startup` is the fixed cost of starting Python and importing torch and
+hfmerge, included in every hfmerge time (mergekit pays the same for torch)."""
 
 from __future__ import annotations
 
@@ -90,6 +93,8 @@ def main() -> None:
     mergekit = None if args.no_mergekit else ensure_mergekit()
     hfmerge = str(Path(sys.executable).parent / "hfmerge")
     run([sys.executable, "-c", FLOOR, str(WORK / "floor.out"), *inputs])  # prime the page cache
+    startup = statistics.median(run([sys.executable, "-c", "import hfmerge.cli, hfmerge.engine"])[0]
+                                for _ in range(3))
     floor = statistics.median(run([sys.executable, "-c", FLOOR, str(WORK / "floor.out"), *inputs])[0]
                               for _ in range(args.repeats))
     rows = []
@@ -101,6 +106,7 @@ def main() -> None:
                   "parameters": theirs.get("parameters", {}),
                   "models": [{"model": str(e), "parameters": theirs["model_params"]} for e in experts]}
             (WORK / "mk.yaml").write_text(yaml.safe_dump(mk))
+            (WORK / "mk32.yaml").write_text(yaml.safe_dump(dict(mk, dtype="float32", out_dtype="bfloat16")))
         times, mk_times, rss, mk_rss = [], [], [], []
         for _ in range(args.repeats):
             t, r = run([hfmerge, "merge", str(WORK / "hf.yaml"), "-o", str(WORK / "out-hf"), "--overwrite", "-q"])
@@ -119,21 +125,25 @@ def main() -> None:
                        ratio=round(statistics.median(times) / statistics.median(mk_times), 3),
                        mergekit_rss_over_checkpoint=round(max(mk_rss) / ckpt, 3))
             if compare:
+                row["agreement_bf16"] = round(agreement(WORK / "out-hf", WORK / "out-mk"), 6)
+                run([str(mergekit), str(WORK / "mk32.yaml"), str(WORK / "out-mk"), "--no-copy-tokenizer",
+                     "--allow-crimes", "--out-shard-size", "5B"])
                 row["agreement"] = round(agreement(WORK / "out-hf", WORK / "out-mk"), 6)
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"size": args.size, "experts": args.experts, "repeats": args.repeats, "checkpoint_gib":
-              round(ckpt / 2**30, 2), "io_floor_s": round(floor, 2), "rows": rows,
+              round(ckpt / 2**30, 2), "io_floor_s": round(floor, 2), "startup_s": round(startup, 2), "rows": rows,
               "date": time.strftime("%Y-%m-%d")}
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"size {args.size}, base + {args.experts} experts, {result['checkpoint_gib']} GiB per checkpoint, "
-             f"I/O floor {floor:.1f} s", "",
+             f"I/O floor {floor:.1f} s, startup (Python + torch + hfmerge imports) {startup:.1f} s", "",
              "| method | hfmerge s | mergekit s | hfmerge / mergekit | hfmerge / I/O floor | peak RSS / checkpoint "
-             "(hfmerge, mergekit) | agreement |", "|---|---|---|---|---|---|---|"]
+             "(hfmerge, mergekit) | agreement (mergekit fp32, bf16) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['hfmerge_s']} | {r.get('mergekit_s', '-')} | {r.get('ratio', '-')} | "
                      f"{r['hfmerge_over_floor']} | {r['hfmerge_rss_over_checkpoint']}, "
-                     f"{r.get('mergekit_rss_over_checkpoint', '-')} | {r.get('agreement', '-')} |")
+                     f"{r.get('mergekit_rss_over_checkpoint', '-')} | {r.get('agreement', '-')}, "
+                     f"{r.get('agreement_bf16', '-')} |")
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
