@@ -175,6 +175,7 @@ class Merger:
                 fp32 = torch.empty((len(tensors), *tensors[0].shape), dtype=torch.float32, device=self.device)
                 for dst, src in zip(fp32, tensors, strict=True):
                     dst.copy_(src)  # dtype conversion and stacking in one pass
+                del tensors, src  # the raw bytes are not needed while the chunk is merged
                 if stats is not None:
                     stats = [None if s is None else s.to(self.device, torch.float32) for s in stats]
                 chunk = Chunk(info.name, first * info.row_numel, fp32[0], fp32[1:], self.weights, self.config.seed,
