@@ -1,6 +1,6 @@
 """Peak memory of hfmerge on a base + N experts of a synthetic Llama-shaped checkpoint (bf16).
 
-    .venv/bin/python benchmarks/memory.py --size 1b --experts 5 --methods task_arithmetic ties
+    .venv/bin/python benchmarks/memory.py --size 1b --experts 2   # every data-free method
     .venv/bin/python benchmarks/memory.py --size 1b --stats fisher regmean   # statistics of one model
 
 Each run is a subprocess; its peak RSS is read from the OS (wait4 rusage) and compared with the bytes of
@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 
 WORK = Path(__file__).parent / "_work"
+DATA_FREE = ["soup", "task_arithmetic", "ties", "dare", "consensus", "localize_stitch"]
 SIZES = {  # Llama shapes: hidden, intermediate, layers, heads, kv heads, vocab
     "tiny": (256, 1024, 4, 8, 4, 32000),
     "0.5b": (1024, 4096, 24, 16, 4, 128256),
@@ -97,8 +98,8 @@ def run(cmd: list[str]) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="1b", choices=SIZES)
-    ap.add_argument("--experts", type=int, default=5)
-    ap.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties", "dare", "localize_stitch"])
+    ap.add_argument("--experts", type=int, default=2)
+    ap.add_argument("--methods", nargs="+", default=DATA_FREE)
     ap.add_argument("--stats", nargs="*", help="measure `hfmerge stats` of the base instead (fisher, regmean)")
     ap.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

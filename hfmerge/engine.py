@@ -38,7 +38,7 @@ from hfmerge.stats.store import open_stats
 from hfmerge.writer import MemoryWriter, OutTensor, ShardWriter, parse_size
 
 DEFAULT_CHUNK_NUMEL = 1 << 20
-WHOLE_TOPK_CHUNKS = 4  # a tensor of up to this many chunks gets its per-tensor top-k in memory, in one read
+WHOLE_TOPK_CHUNKS = 2  # a tensor of up to this many chunks gets its per-tensor top-k in memory, in one read
 COPIED_FILES = (
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
@@ -61,9 +61,10 @@ def reuse_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: nothing to tune
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
     libc.mallopt(m_mmap_threshold, 64 << 20)
     libc.mallopt(m_trim_threshold, 64 << 20)
+    libc.mallopt(m_arena_max, 1)  # one heap: blocks the reader allocates and the merger frees are reused by both
 
 
 def peak_rss_bytes() -> int:
@@ -139,12 +140,14 @@ class Merger:
             for t in sorted(base.tensors.values(), key=lambda t: (t.file, t.start))
         ]
         self.quantiles: list[Quantile] = self.method.quantiles(self.params)
+        self.local = [q for q in self.quantiles if q.scope == "tensor"]  # per-tensor top-k thresholds
         self.thresholds: dict[str, torch.Tensor] = {}
         spec = self.method.stats(self.params)
         if spec and (stats is None or len(stats) != len(experts)):
             raise HfMergeError(f"method {self.method.name} needs {spec.kind} statistics for every expert")
         self.rowwise_stats = bool(spec and spec.elementwise)
         self._whole_stats: list[torch.Tensor | None] | None = None  # per-tensor statistics (RegMean Grams)
+        self._memo: dict = {}  # the current tensor's scratch (Chunk.memo)
 
     # ---- reading ------------------------------------------------------------------------------------------
     def _ranges(self, info: TensorInfo, whole: bool = False) -> list[tuple[int, int]]:
@@ -153,34 +156,53 @@ class Merger:
         step = max(1, self.chunk_numel // max(1, info.row_numel))
         return [(r, min(step, info.rows - r)) for r in range(0, info.rows, step)]
 
-    def _read(self, name: str, first: int, rows: int) -> tuple[list[torch.Tensor], list[torch.Tensor | None] | None]:
-        weights = [c.read(name, first, rows) for c in (self.base, *self.experts)]
+    def _read(self, name: str, first: int, rows: int) -> tuple[torch.Tensor, list[torch.Tensor | None] | None]:
+        """Rows of every model stacked in fp32 ([N + 1, rows, ...], the base first) and their row statistics."""
+        raw = [c.read(name, first, rows) for c in (self.base, *self.experts)]
+        fp32 = torch.empty((len(raw), *raw[0].shape), dtype=torch.float32, device=self.device)
+        for dst, src in zip(fp32, raw, strict=True):
+            dst.copy_(src)  # dtype conversion and stacking in one pass
         if not self.rowwise_stats:
-            return weights, self._whole_stats
-        return weights, [s.read(name, first, rows) if name in s.tensors else None for s in self.stats]
+            return fp32, None
+        return fp32, [s.read(name, first, rows).to(self.device, torch.float32) if name in s.tensors else None
+                      for s in self.stats]
 
-    def _chunks(self, infos: list[TensorInfo], whole: bool = False) -> Iterator[tuple[TensorInfo, int, Chunk]]:
-        """Chunks of the given tensors in order (each tensor in one piece if ``whole``), each read one step
-        ahead in a background thread."""
-        jobs = [(info, first, rows) for info in infos for first, rows in self._ranges(info, whole)]
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(self._read, jobs[0][0].name, *jobs[0][1:]) if jobs else None
-            memo: dict = {}
-            for i, (info, first, _rows) in enumerate(jobs):
-                tensors, stats = pending.result()
+    def _read_job(self, p: PlannedTensor, first: int, rows: int):
+        """One step of the stream, run in the reader thread: the rows of every model (and their statistics)
+        for a merged tensor; raw base bytes, or rows converted to the output dtype, for a copied one."""
+        if p.merged:
+            return self._read(p.info.name, first, rows)
+        if p.out_dtype == p.info.dtype:
+            return self.base.read_bytes(p.info, first, rows)
+        return self.base.read(p.info.name, first, rows).to(DTYPES[p.out_dtype])
+
+    def _prefetch(self, jobs: list[tuple[PlannedTensor, int, int]]) -> Iterator[tuple[PlannedTensor, int, object]]:
+        """``(p, first, data)`` for every job, each read one job ahead in a background thread (across tensors,
+        so reading never waits for a tensor boundary)."""
+        with ThreadPoolExecutor(1, "hfmerge-reader", torch.set_num_threads, (1,)) as pool:  # the reader uses one core
+            pending = pool.submit(self._read_job, *jobs[0]) if jobs else None
+            for i, (p, first, _rows) in enumerate(jobs):
+                data = pending.result()
                 if i + 1 < len(jobs):
-                    pending = pool.submit(self._read, jobs[i + 1][0].name, *jobs[i + 1][1:])
-                if first == 0:
-                    memo = {}
-                fp32 = torch.empty((len(tensors), *tensors[0].shape), dtype=torch.float32, device=self.device)
-                for dst, src in zip(fp32, tensors, strict=True):
-                    dst.copy_(src)  # dtype conversion and stacking in one pass
-                del tensors, src  # the raw bytes are not needed while the chunk is merged
-                if stats is not None:
-                    stats = [None if s is None else s.to(self.device, torch.float32) for s in stats]
-                chunk = Chunk(info.name, first * info.row_numel, fp32[0], fp32[1:], self.weights, self.config.seed,
-                              self.thresholds, stats, memo)
-                yield info, first, chunk
+                    pending = pool.submit(self._read_job, *jobs[i + 1])
+                yield p, first, data
+
+    def _chunk(self, info: TensorInfo, first: int, data) -> Chunk:
+        """The chunk of rows read by :meth:`_read` (``memo`` is renewed at each tensor's first row)."""
+        fp32, stats = data
+        if first == 0:
+            self._memo = {}
+        if not self.rowwise_stats:
+            stats = self._whole_stats
+        return Chunk(info.name, first * info.row_numel, fp32[0], fp32[1:], self.weights, self.config.seed,
+                     self.thresholds, stats, self._memo)
+
+    def _chunks(self, infos: list[TensorInfo]) -> Iterator[Chunk]:
+        """Chunks of the given tensors in order, read ahead."""
+        jobs = [(PlannedTensor(info, True, info.dtype), first, rows) for info in infos
+                for first, rows in self._ranges(info)]
+        for p, first, data in self._prefetch(jobs):
+            yield self._chunk(p.info, first, data)
 
     # ---- selection passes -----------------------------------------------------------------------------------
     def _guess(self, infos: list[TensorInfo], quantiles: list[Quantile]) -> dict[str, list[int]]:
@@ -188,8 +210,7 @@ class Merger:
         samples: list[torch.Tensor] = []
         for info in infos:
             for row in sorted({int(r) for r in torch.linspace(0, info.rows - 1, 4)}):
-                tensors, _ = self._read(info.name, row, 1)
-                stack = torch.stack([t.float() for t in tensors])
+                stack, _ = self._read(info.name, row, 1)
                 samples.append((stack[1:] - stack[0]).abs().reshape(len(self.experts), -1))
         mags = torch.cat(samples, dim=1) * torch.tensor(self.weights).abs().view(-1, 1)
         return {q.key: [high_bits(kth_smallest(m, rank_for_density(m.numel(), q.density))) for m in mags]
@@ -203,7 +224,7 @@ class Merger:
         for pass_no in (1, 2):
             bar = tqdm(total=total, desc=f"{label} pass {pass_no}", unit="chunk", disable=not self.progress,
                        leave=False)
-            for _, _, chunk in self._chunks(infos):
+            for chunk in self._chunks(infos):
                 mags = chunk.task_vectors().abs_()
                 for q in quantiles:
                     for i, sel in enumerate(selectors[q.key]):
@@ -219,38 +240,31 @@ class Merger:
             self.thresholds[q.key] = torch.tensor([sel.value() for sel in selectors[q.key]])
 
     # ---- merging ----------------------------------------------------------------------------------------------
-    def _merge_tensor(self, p: PlannedTensor, writer: ShardWriter, bar: tqdm) -> None:
-        local = [q for q in self.quantiles if q.scope == "tensor"]
-        whole = bool(local) and (p.info.numel <= WHOLE_TOPK_CHUNKS * self.chunk_numel or len(self._ranges(p.info)) == 1)
-        if local and not whole:
-            self._select([p.info], local, f"top-k {p.info.name}")
-        dtype = DTYPES[p.out_dtype]
-        if self.stats and not self.rowwise_stats:
-            self._whole_stats = [s.read(p.info.name) if p.info.name in s.tensors else None for s in self.stats]
-        for _, _, chunk in self._chunks([p.info], whole):
-            pieces = [chunk]
-            if local and whole:  # exact thresholds from the whole tensor in memory, then merged by chunks
-                taus = chunk.task_vectors()
-                for q in local:
-                    k = rank_for_density(taus[0].numel(), q.density)
-                    self.thresholds[q.key] = torch.tensor([kth_smallest(t.abs(), k) for t in taus])
-                if len(ranges := self._ranges(p.info)) > 1:
-                    pieces = [chunk.rows(first, rows) for first, rows in ranges]
-            for piece in pieces:
-                out = self.method.merge(piece, self.params)
-                writer.write(out.to(dtype).cpu())
-                bar.update(out.numel() * dtype.itemsize)
-        self._whole_stats = None
+    def _whole(self, p: PlannedTensor) -> bool:
+        """Whether the tensor is read in one piece: small enough for its per-tensor top-k in memory."""
+        small = p.info.numel <= WHOLE_TOPK_CHUNKS * self.chunk_numel or len(self._ranges(p.info)) == 1
+        return p.merged and bool(self.local) and small
 
-    def _copy_tensor(self, p: PlannedTensor, writer: ShardWriter, bar: tqdm) -> None:
-        """Copy a base tensor through: raw bytes when the dtype is unchanged, else converted by chunks."""
-        for first, rows in self._ranges(p.info):
-            if p.out_dtype == p.info.dtype:
-                data = self.base.read_bytes(p.info, first, rows)
-            else:
-                data = self.base.read(p.info.name, first, rows).to(DTYPES[p.out_dtype])
-            writer.write(data)
-            bar.update(len(data) if not isinstance(data, torch.Tensor) else data.numel() * data.element_size())
+    def _begin_tensor(self, p: PlannedTensor) -> None:
+        """Per-tensor preparation of a merged tensor: its streaming top-k thresholds, its whole statistics."""
+        if self.local and not self._whole(p):
+            self._select([p.info], self.local, f"top-k {p.info.name}")
+        if self.stats and not self.rowwise_stats:
+            self._whole_stats = [s.read(p.info.name).to(self.device, torch.float32) if p.info.name in s.tensors
+                                 else None for s in self.stats]
+
+    def _merge_chunk(self, p: PlannedTensor, chunk: Chunk, write) -> None:
+        pieces = [chunk]
+        if self._whole(p):  # exact thresholds from the whole tensor in memory, then merged by chunks
+            taus = chunk.task_vectors()
+            for q in self.local:
+                k = rank_for_density(taus[0].numel(), q.density)
+                self.thresholds[q.key] = torch.tensor([kth_smallest(t.abs(), k) for t in taus])
+            if len(ranges := self._ranges(p.info)) > 1:
+                pieces = [chunk.rows(first, rows) for first, rows in ranges]
+        dtype = DTYPES[p.out_dtype]
+        for piece in pieces:
+            write(self.method.merge(piece, self.params).to(dtype).cpu())
 
     def out_tensors(self) -> list[OutTensor]:
         return [OutTensor(p.info.name, p.out_dtype, p.info.shape) for p in self.plan]
@@ -266,10 +280,22 @@ class Merger:
         total = sum(t.nbytes for t in self.out_tensors())
         bar = tqdm(total=total, desc=f"merge ({self.method.name})", unit="B", unit_scale=True,
                    disable=not self.progress)
+
+        def write(data: torch.Tensor | bytes | bytearray) -> None:
+            writer.write(data)
+            bar.update(data.numel() * data.element_size() if isinstance(data, torch.Tensor) else len(data))
+
+        jobs = [(p, first, rows) for p in self.plan for first, rows in self._ranges(p.info, self._whole(p))]
         try:
-            for p in self.plan:
-                writer.begin(p.info.name)
-                (self._merge_tensor if p.merged else self._copy_tensor)(p, writer, bar)
+            for p, first, data in self._prefetch(jobs):
+                if first == 0:
+                    writer.begin(p.info.name)
+                    if p.merged:
+                        self._begin_tensor(p)
+                if p.merged:
+                    self._merge_chunk(p, self._chunk(p.info, first, data), write)
+                else:
+                    write(data)
             files = writer.finish()
         finally:
             writer.abort()

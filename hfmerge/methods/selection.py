@@ -77,13 +77,11 @@ class RadixSelect:
     def feed_high(self, values: torch.Tensor) -> None:
         """First pass: count the high 16 bits of every value (and the low bits near the guess)."""
         bits = _bits(values).cpu()
-        high = bits >> 16
-        self.high += torch.bincount(high, minlength=_BINS)
+        self.high += torch.bincount(bits >> 16, minlength=_BINS)
         self.n += values.numel()
-        if self.near is not None:
-            rel = high - self._lo
-            inside = (rel >= 0) & (rel < self._span)
-            self.near += torch.bincount((rel[inside] << 16) | (bits[inside] & 0xFFFF), minlength=self.near.numel())
+        if self.near is not None:  # bits relative to the window's first bucket: (bucket - lo) << 16 | low bits
+            rel = bits - (self._lo << 16)
+            self.near += torch.bincount(rel[(rel >= 0) & (rel < self.near.numel())], minlength=self.near.numel())
 
     def choose_bucket(self, k: int) -> bool:
         """After the first pass: fix the bucket of the k-th value. False when no second pass is needed."""
