@@ -37,7 +37,7 @@ from hfmerge.sources import DTYPE_NAMES, DTYPES, FLOAT_DTYPES, Checkpoint, Tenso
 from hfmerge.stats.store import open_stats
 from hfmerge.writer import MemoryWriter, OutTensor, ShardWriter, parse_size
 
-DEFAULT_CHUNK_NUMEL = 1 << 20
+DEFAULT_CHUNK_NUMEL = 1 << 19
 WHOLE_TOPK_CHUNKS = 2  # a tensor of up to this many chunks gets its per-tensor top-k in memory, in one read
 COPIED_FILES = (
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
