@@ -1,6 +1,6 @@
 """hfmerge vs mergekit vs the raw I/O floor, side by side in one run (ratios, not absolute seconds).
 
-    .venv/bin/python benchmarks/run.py [--size 0.5b] [--experts 2] [--repeats 1]
+    .venv/bin/python benchmarks/run.py [--size 0.5b] [--experts 2] [--repeats 2]
 
 Synthetic Llama-shaped bf16 checkpoints (base + N experts = base + noise) are built once in benchmarks/_work.
 mergekit is installed from PyPI into its own venv (benchmarks/.venv-mergekit, torch CPU wheel first). Every run
