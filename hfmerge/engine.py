@@ -1,8 +1,8 @@
 """The streaming merge: validate, plan, run the declared selection passes, stream every tensor through
 the method in fp32 row chunks into the shard writer, and publish the output folder atomically.
 
-Peak memory ≈ (N + 1) input chunks in fp32 plus the method's temporaries (a few × N chunks), and a
-prefetched chunk read ahead in a thread: it depends on ``chunk_numel`` and the number of experts,
+Peak memory ≈ (N + 1) input chunks in fp32 plus the method's temporaries (a few × N chunks), and the
+next chunk, read and converted ahead in a reader thread: it depends on ``chunk_numel`` and the number of experts,
 never on the model size.
 """
 
@@ -56,7 +56,8 @@ class PlannedTensor:
 
 def reuse_freed_memory() -> None:
     """Ask glibc to keep freed chunk-sized blocks for reuse instead of unmapping them: otherwise every new
-    chunk buffer is fresh pages, and page faults cost more than the arithmetic (measured: 1.5× the merge time)."""
+    chunk buffer is fresh pages, and page faults cost more than the arithmetic (measured: 1.5× the merge time).
+    Process-wide, and one arena: the reader thread allocates the chunks the merging thread frees."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: nothing to tune
