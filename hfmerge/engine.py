@@ -52,6 +52,7 @@ class PlannedTensor:
     info: TensorInfo  # in the base
     merged: bool
     out_dtype: str
+    whole: bool = False  # read in one piece: small enough for its per-tensor top-k in memory
 
 
 def reuse_freed_memory() -> None:
@@ -136,12 +137,14 @@ class Merger:
         merged = set(validate(base, experts, config.skip))
         self.out_dtype_name = resolve_dtype(config, base)
         out_dtype = DTYPE_NAMES[getattr(torch, self.out_dtype_name)]
-        self.plan = [
-            PlannedTensor(t, t.name in merged, out_dtype if t.dtype in FLOAT_DTYPES else t.dtype)
-            for t in sorted(base.tensors.values(), key=lambda t: (t.file, t.start))
-        ]
         self.quantiles: list[Quantile] = self.method.quantiles(self.params)
         self.local = [q for q in self.quantiles if q.scope == "tensor"]  # per-tensor top-k thresholds
+        self.plan = [
+            PlannedTensor(t, t.name in merged, out_dtype if t.dtype in FLOAT_DTYPES else t.dtype,
+                          bool(self.local) and t.name in merged
+                          and (t.numel <= WHOLE_TOPK_CHUNKS * chunk_numel or len(self._ranges(t)) == 1))
+            for t in sorted(base.tensors.values(), key=lambda t: (t.file, t.start))
+        ]
         self.thresholds: dict[str, torch.Tensor] = {}
         spec = self.method.stats(self.params)
         if spec and (stats is None or len(stats) != len(experts)):
@@ -241,14 +244,9 @@ class Merger:
             self.thresholds[q.key] = torch.tensor([sel.value() for sel in selectors[q.key]])
 
     # ---- merging ----------------------------------------------------------------------------------------------
-    def _whole(self, p: PlannedTensor) -> bool:
-        """Whether the tensor is read in one piece: small enough for its per-tensor top-k in memory."""
-        small = p.info.numel <= WHOLE_TOPK_CHUNKS * self.chunk_numel or len(self._ranges(p.info)) == 1
-        return p.merged and bool(self.local) and small
-
     def _begin_tensor(self, p: PlannedTensor) -> None:
         """Per-tensor preparation of a merged tensor: its streaming top-k thresholds, its whole statistics."""
-        if self.local and not self._whole(p):
+        if self.local and not p.whole:
             self._select([p.info], self.local, f"top-k {p.info.name}")
         if self.stats and not self.rowwise_stats:
             self._whole_stats = [s.read(p.info.name).to(self.device, torch.float32) if p.info.name in s.tensors
@@ -256,7 +254,7 @@ class Merger:
 
     def _merge_chunk(self, p: PlannedTensor, chunk: Chunk, write) -> None:
         pieces = [chunk]
-        if self._whole(p):  # exact thresholds from the whole tensor in memory, then merged by chunks
+        if p.whole:  # exact thresholds from the whole tensor in memory, then merged by chunks
             taus = chunk.task_vectors()
             for q in self.local:
                 k = rank_for_density(taus[0].numel(), q.density)
@@ -286,7 +284,7 @@ class Merger:
             writer.write(data)
             bar.update(data.numel() * data.element_size() if isinstance(data, torch.Tensor) else len(data))
 
-        jobs = [(p, first, rows) for p in self.plan for first, rows in self._ranges(p.info, self._whole(p))]
+        jobs = [(p, first, rows) for p in self.plan for first, rows in self._ranges(p.info, p.whole)]
         try:
             for p, first, data in self._prefetch(jobs):
                 if first == 0:
