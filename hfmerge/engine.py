@@ -3,7 +3,8 @@ the method in fp32 row chunks into the shard writer, and publish the output fold
 
 Peak memory ≈ (N + 1) input chunks in fp32 plus the method's temporaries (a few × N chunks), and the
 next chunk, read and converted ahead in a reader thread: it depends on ``chunk_numel`` and the number of experts,
-never on the model size.
+never on the model size. A method declaring ``Method.whole`` gets each merged tensor as one chunk (offset 0,
+the whole tensor of every model, fp32 on the device): its peak is ≈ (N + 1) × the largest merged tensor.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class PlannedTensor:
     info: TensorInfo  # in the base
     merged: bool
     out_dtype: str
-    whole: bool = False  # read in one piece: small enough for its per-tensor top-k in memory
+    whole: bool = False  # read in one piece: the method needs whole tensors, or its per-tensor top-k fits in memory
 
 
 def reuse_freed_memory() -> None:
@@ -139,10 +140,11 @@ class Merger:
         out_dtype = DTYPE_NAMES[getattr(torch, self.out_dtype_name)]
         self.quantiles: list[Quantile] = self.method.quantiles(self.params)
         self.local = [q for q in self.quantiles if q.scope == "tensor"]  # per-tensor top-k thresholds
+        self.whole_method = bool(self.method.whole(self.params))  # merge() gets each tensor as one chunk
         self.plan = [
             PlannedTensor(t, t.name in merged, out_dtype if t.dtype in FLOAT_DTYPES else t.dtype,
-                          bool(self.local) and t.name in merged
-                          and (t.numel <= WHOLE_TOPK_CHUNKS * chunk_numel or len(self._ranges(t)) == 1))
+                          t.name in merged and (self.whole_method or bool(self.local) and (
+                              t.numel <= WHOLE_TOPK_CHUNKS * chunk_numel or len(self._ranges(t)) == 1)))
             for t in sorted(base.tensors.values(), key=lambda t: (t.file, t.start))
         ]
         self.thresholds: dict[str, torch.Tensor] = {}
@@ -259,7 +261,7 @@ class Merger:
             for q in self.local:
                 k = rank_for_density(taus[0].numel(), q.density)
                 self.thresholds[q.key] = torch.tensor([kth_smallest(t.abs(), k) for t in taus])
-            if len(ranges := self._ranges(p.info)) > 1:
+            if not self.whole_method and len(ranges := self._ranges(p.info)) > 1:
                 pieces = [chunk.rows(first, rows) for first, rows in ranges]
         dtype = DTYPES[p.out_dtype]
         for piece in pieces:

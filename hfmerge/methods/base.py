@@ -112,7 +112,12 @@ class Param:
 @dataclass(frozen=True)
 class Method:
     """A merge method. ``merge(chunk, params)`` is pure tensor math; ``quantiles(params)`` lists the
-    streaming top-k passes it needs before merging; ``elementwise`` says chunks may be any row range."""
+    streaming top-k passes it needs before merging.
+
+    By default chunks may be any row range. ``whole(params)`` True declares that the method needs whole
+    tensors (SVD methods, per-tensor statistics of τ): the engine then hands ``merge`` every merged tensor as
+    ONE chunk (offset 0) holding the whole tensor of the base and of every expert, fp32 on the merge's
+    device; peak memory ≈ (N + 1) × that tensor plus the method's workspace (and the next tensor, read ahead)."""
 
     name: str
     summary: str
@@ -124,6 +129,7 @@ class Method:
     weighted: bool = True
     min_experts: int = 1
     stats: Callable[[dict], Stats | None] = lambda params: None
+    whole: Callable[[dict], bool] = lambda params: False
 
     def resolve(self, given: dict) -> dict:
         """Defaults filled in, unknown names and out-of-range values refused."""
