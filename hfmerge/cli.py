@@ -1,4 +1,5 @@
-"""The ``hfmerge`` command: a thin layer over the library. User errors print one line and exit 1."""
+"""The ``hfmerge`` command: a thin layer over the library. Usage errors exit 2, user errors print one line and
+exit 1 (hfmerge.cli_base)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,18 @@ from typing import Annotated
 import typer
 import yaml
 
+from hfmerge.cli_base import CONTEXT_SETTINGS, HfMergeGroup, show_version
 from hfmerge.errors import HfMergeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=HfMergeGroup, context_settings=CONTEXT_SETTINGS, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Merge fine-tuned checkpoints of one base model, with the MergeBench methods.")
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=show_version,
+                                                help="show the versions of hfmerge and its libraries")] = False):
+    """Merge fine-tuned checkpoints of one base model, with the MergeBench methods."""
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -46,7 +55,7 @@ def merge(
     """Merge a base model and its experts: `hfmerge merge CONFIG.yaml -o OUT` or
     `hfmerge merge --method ties --base B --models E1 E2 --set density=0.2 -o OUT`."""
     from hfmerge.config import MergeConfig
-    from hfmerge.engine import merge as run_merge
+    from hfmerge.job import merge as run_merge
 
     args = list(args or [])
     if models:
@@ -142,25 +151,8 @@ _register_command_groups()
 
 
 def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except HfMergeError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: nothing was written", err=True)
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    """The console script: exits 0, 1 (user error), 2 (usage error) or 130 (interrupted)."""
+    app(prog_name="hfmerge")
 
 
 if __name__ == "__main__":

@@ -172,10 +172,10 @@ def run(workdir: str | Path = "demo_out", size: str = "demo", hub_url: str | Non
     from huggingface_hub import HfApi, constants
 
     from hfmerge.config import MergeConfig, ModelRef
-    from hfmerge.engine import merge
     from hfmerge.eval.runner import evaluate
     from hfmerge.eval.scores import measures, table
     from hfmerge.hub import pull, push
+    from hfmerge.job import merge
     from hfmerge.localhub import serve
     from hfmerge.tune import parse_grid, suite_scorer, tune, write_results
 

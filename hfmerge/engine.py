@@ -1,5 +1,6 @@
-"""The streaming merge: validate, plan, run the declared selection passes, stream every tensor through
-the method in fp32 row chunks into the shard writer, and publish the output folder atomically.
+"""The streaming merge core: validate, plan, run the declared selection passes, stream every tensor through
+the method in fp32 row chunks into a writer. The merge job around it (opening sources, statistics, the
+output folder, report and card) is hfmerge.job.
 
 Peak memory ≈ (N + 1) input chunks in fp32 plus the method's temporaries (a few × N chunks), and the
 next chunk, read and converted ahead in a reader thread: it depends on ``chunk_numel`` and the number of experts,
@@ -11,39 +12,25 @@ from __future__ import annotations
 
 import ctypes
 import fnmatch
-import json
-import os
 import resource
-import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from hfmerge import __version__, catalog
-from hfmerge.card import base_license, write_card
 from hfmerge.config import MergeConfig
 from hfmerge.errors import HfMergeError
-from hfmerge.lora import LoraCheckpoint, is_adapter
 from hfmerge.methods.base import Chunk, Method, Quantile
 from hfmerge.methods.registry import get_method
 from hfmerge.methods.selection import RadixSelect, high_bits, kth_smallest, rank_for_density
-from hfmerge.sources import DTYPE_NAMES, DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo, open_checkpoint, open_reader
-from hfmerge.stats.store import open_stats
-from hfmerge.writer import MemoryWriter, OutTensor, ShardWriter, parse_size
+from hfmerge.sources import DTYPE_NAMES, DTYPES, FLOAT_DTYPES, Checkpoint, TensorInfo
+from hfmerge.writer import MemoryWriter, OutTensor, ShardWriter
 
 DEFAULT_CHUNK_NUMEL = 1 << 19
 WHOLE_TOPK_CHUNKS = 2  # a tensor of up to this many chunks gets its per-tensor top-k in memory, in one read
-COPIED_FILES = (
-    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
-)
 CONFIG_KEYS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "intermediate_size",
                "num_attention_heads", "num_key_value_heads", "head_dim")
 
@@ -117,7 +104,7 @@ def resolve_dtype(config: MergeConfig, base: Checkpoint) -> str:
 
 
 class Merger:
-    """One merge run over opened checkpoints. Use :func:`merge` for the whole job."""
+    """One merge run over opened checkpoints. Use :func:`hfmerge.job.merge` for the whole job."""
 
     def __init__(self, config: MergeConfig, base: Checkpoint, experts: list[Checkpoint], *,
                  stats: list[Checkpoint] | None = None, device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL,
@@ -154,6 +141,7 @@ class Merger:
         self.rowwise_stats = bool(spec and spec.elementwise)
         self._whole_stats: list[torch.Tensor | None] | None = None  # per-tensor statistics (RegMean Grams)
         self._memo: dict = {}  # the current tensor's scratch (Chunk.memo)
+        self.spectral: dict[str, list[str]] = {}  # rule -> tensors it changed (memo "spectral_rule")
 
     # ---- reading ------------------------------------------------------------------------------------------
     def _ranges(self, info: TensorInfo, whole: bool = False) -> list[tuple[int, int]]:
@@ -266,6 +254,8 @@ class Merger:
         dtype = DTYPES[p.out_dtype]
         for piece in pieces:
             write(self.method.merge(piece, self.params).to(dtype).cpu())
+        if (rule := chunk.memo.pop("spectral_rule", None)) is not None:
+            self.spectral.setdefault(rule, []).append(p.info.name)
 
     def out_tensors(self) -> list[OutTensor]:
         return [OutTensor(p.info.name, p.out_dtype, p.info.shape) for p in self.plan]
@@ -305,167 +295,19 @@ class Merger:
             "shards": files,
             "tensors_merged": len(merged),
             "tensors_copied": len(self.plan) - len(merged),
+            **({"spectral_rules": self.spectral} if self.spectral else {}),
             "bytes_written": writer.bytes_written,
             "merge_seconds": round(time.perf_counter() - t0, 3),
         }
 
 
-def _write_metadata(folder: Path, merger: Merger) -> None:
-    base = merger.base
-    cfg = dict(base.config)
-    cfg["dtype"] = merger.out_dtype_name
-    if "torch_dtype" in cfg:
-        cfg["torch_dtype"] = merger.out_dtype_name
-    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    for f in COPIED_FILES:
-        if f in base.files:
-            base.reader.copy_to(f, folder / f)
+_JOB_NAMES = ("merge", "merge_state_dict", "open_merger", "resolve_stats", "resolved_config")
 
 
-def resolved_config(config: MergeConfig, merger: Merger) -> dict:
-    d = config.to_dict()
-    d["parameters"] = {k: v for k, v in merger.params.items() if v is not None}
-    d["dtype"] = merger.out_dtype_name
-    d["revisions"] = {c.ref.split("@")[0]: c.revision for c in (merger.base, *merger.experts) if c.revision}
-    return d
+def __getattr__(name: str):
+    """The job-level API (merge, merge_state_dict, ...) lives in hfmerge.job; re-exported here for callers."""
+    if name in _JOB_NAMES:
+        from hfmerge import job
 
-
-@contextmanager
-def open_merger(config: MergeConfig, *, device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL,
-                progress: bool = True, download: bool = False) -> Iterator[tuple[Merger, list[tuple[Path, str]]]]:
-    """Open (lazily) every source and statistics of ``config``; yields the Merger and the statistics folders."""
-    if device != "cpu" and not _device_available(device):
-        raise HfMergeError(f"device {device!r} is not available here (use cpu)")
-    opened: list[Checkpoint] = []
-    try:
-        opened.append(open_checkpoint(config.base_model, download))
-        for m in config.models:
-            reader = open_reader(m.source, download)
-            try:
-                opened.append(LoraCheckpoint(m.source, reader, opened[0]) if is_adapter(reader)
-                              else Checkpoint(m.source, reader))
-            except BaseException:
-                reader.close()
-                raise
-        stats = resolve_stats(config, progress)
-        stat_sources = [open_stats(f, kind) for f, kind in stats]
-        opened.extend(stat_sources)
-        yield Merger(config, opened[0], opened[1:len(config.models) + 1], stats=stat_sources or None, device=device,
-                     chunk_numel=chunk_numel, progress=progress), stats
-    finally:
-        for c in opened:
-            c.close()
-
-
-def merge_state_dict(config: MergeConfig, *, device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL,
-                     progress: bool = False) -> dict[str, torch.Tensor]:
-    """The merged tensors in memory (for tuning and in-memory evaluation); same numbers as :func:`merge`."""
-    with open_merger(config, device=device, chunk_numel=chunk_numel, progress=progress) as (merger, _):
-        writer = MemoryWriter(merger.out_tensors())
-        merger.run(writer)
-        return writer.tensors
-
-
-def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB", overwrite: bool = False,
-          device: str = "cpu", chunk_numel: int = DEFAULT_CHUNK_NUMEL, progress: bool = True,
-          download: bool = False) -> dict:
-    """Merge ``config`` into the folder ``out``; returns the merge report (also written as merge_report.json).
-
-    The output appears only when complete (written to a sibling temp folder, then renamed)."""
-    start = time.perf_counter()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise HfMergeError(f"output {out} already exists: pass --overwrite or choose another folder")
-    shard_bytes = parse_size(shard_size)
-    with open_merger(config, device=device, chunk_numel=chunk_numel, progress=progress,
-                     download=download) as (merger, stats):
-        sources = [merger.base, *merger.experts]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.hfmerge-tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            run_stats = merger.run(ShardWriter(tmp, merger.out_tensors(), shard_bytes))
-            _write_metadata(tmp, merger)
-            resolved = resolved_config(config, merger)
-            (tmp / "hfmerge.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-            report = {
-                "hfmerge_version": __version__,
-                "torch_version": torch.__version__,
-                "method": merger.method.name,
-                "parameters": resolved["parameters"],
-                "dtype": merger.out_dtype_name,
-                "device": device,
-                "sources": [
-                    {"role": "base" if c is merger.base else "expert", "ref": c.ref, "revision": c.revision,
-                     "weight_bytes": c.weight_bytes, "bytes_read": c.bytes_read,
-                     "bytes_fetched": getattr(c.reader, "bytes_fetched", None)}
-                    for c in sources
-                ],
-                "statistics": [{"expert": m.source, "folder": str(f), **_sidecar(f)} for m, (f, _) in
-                               zip(config.models, stats, strict=True)] if stats else None,
-                "bytes_read": sum(c.bytes_read for c in sources),
-                **run_stats,
-                "wall_seconds": round(time.perf_counter() - start, 3),
-                "peak_rss_bytes": peak_rss_bytes(),
-                "license": base_license(merger.base.reader.read_file("README.md")),
-            }
-            (tmp / "merge_report.json").write_text(json.dumps(report, indent=2) + "\n")
-            write_card(tmp, resolved, report)
-            _publish(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return report
-
-
-def resolve_stats(config: MergeConfig, progress: bool = True) -> list[tuple[Path, str]]:
-    """(folder, kind) of every expert's statistics when the method needs them: given (``stats:``), cached, or
-    computed now from the expert's ``data:``."""
-    method = get_method(config.method)
-    spec = method.stats(method.resolve(config.parameters))
-    if spec is None:
-        return []
-    from hfmerge.stats.store import compute_stats
-
-    out = []
-    for m in config.models:
-        if m.stats:
-            out.append((Path(m.stats), spec.kind))
-            continue
-        data = m.data or (catalog.validation_data(catalog.domain_of(m.source)) if catalog.domain_of(m.source)
-                          else None)
-        if not data:
-            raise HfMergeError(f"method {method.name} needs data for expert {m.source}: give it `data:` (its domain's "
-                               f"dataset) or `stats:` (a folder made by `hfmerge stats {spec.kind}`)")
-        folder = compute_stats(spec.kind, m.source, data, base_ref=config.base_model, skip=config.skip,
-                               seed=config.seed, progress=progress, **spec.settings)
-        out.append((folder, spec.kind))
-    return out
-
-
-def _sidecar(folder: Path) -> dict:
-    meta = json.loads((Path(folder) / "stats.json").read_text())
-    return {k: meta.get(k) for k in ("kind", "data_ref", "examples", "seconds", "key")}
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Atomically replace ``out`` with ``tmp`` (the old folder is removed only after the swap)."""
-    if out.exists():
-        trash = out.parent / f".{out.name}.hfmerge-old-{os.getpid()}"
-        os.rename(out, trash)
-        os.rename(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
-
-
-def _device_available(device: str) -> bool:
-    kind = device.split(":")[0]
-    if kind == "cuda":
-        return torch.cuda.is_available()
-    if kind == "mps":
-        return torch.backends.mps.is_available()
-    return False
-
-
+        return getattr(job, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,8 +20,9 @@ import yaml
 from tqdm.auto import tqdm
 
 from hfmerge.config import MergeConfig
-from hfmerge.engine import is_skipped, merge_state_dict, resolve_dtype
+from hfmerge.engine import is_skipped, resolve_dtype
 from hfmerge.errors import HfMergeError
+from hfmerge.job import merge_state_dict
 from hfmerge.methods.registry import get_method
 from hfmerge.sources import FLOAT_DTYPES, open_checkpoint
 

@@ -161,7 +161,7 @@ def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir:
     out.mkdir(parents=True, exist_ok=True)
     in_memory, revision = None, None
     if isinstance(model, MergeConfig):
-        from hfmerge.engine import merge_state_dict
+        from hfmerge.job import merge_state_dict
 
         model = InMemory(build_model(model.base_model, merge_state_dict(model, progress=True)), model.base_model,
                          f"merge:{model.method}")
