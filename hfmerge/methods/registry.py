@@ -1,12 +1,24 @@
 """Methods by name."""
 
 from hfmerge.errors import HfMergeError
-from hfmerge.methods import consensus, dare, fisher, localize_stitch, regmean, soup, task_arithmetic, ties
+from hfmerge.methods import (
+    consensus,
+    dare,
+    fisher,
+    iso_c,
+    localize_stitch,
+    regmean,
+    soup,
+    task_arithmetic,
+    ties,
+    tsv_m,
+)
 from hfmerge.methods.base import Method
 
 METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD for m in (soup, task_arithmetic, ties, dare, consensus, localize_stitch, fisher, regmean)
 }
+METHODS.update({m.METHOD.name: m.METHOD for m in (tsv_m, iso_c)})
 
 
 def get_method(name: str) -> Method:

@@ -4,6 +4,7 @@ import torch
 
 from hfmerge.methods import steps
 from hfmerge.methods.base import Chunk, Method, Param, Quantile
+from hfmerge.methods.subspace import SUBSPACE_BOOST, boosted
 from hfmerge.methods.task_arithmetic import SCALING
 
 DENSITY = Param(0.2, "K, the fraction of each |τᵢ| kept", low=0.0, high=1.0, low_open=True)
@@ -16,8 +17,11 @@ def quantiles(params: dict) -> list[Quantile]:
 
 
 def merge(chunk: Chunk, params: dict) -> torch.Tensor:
-    """Trim to the top-K of |τᵢ|, elect γ = sign(Σ τ̂ᵢ), combine the agreeing entries, θ₀ + λ·combined."""
-    combine = steps.combine_disjoint_mean if params["aggregate"] == "mean" else steps.combine_sum
+    """Trim to the top-K of |τᵢ|, elect γ = sign(Σ τ̂ᵢ), combine the agreeing entries, θ₀ + λ·combined
+    (with Subspace Boosting β, θ₀ + λ·SB_β(combined) on matrices: the final merged task vector is boosted)."""
+    combine = {"mean": steps.combine_disjoint_mean, "sum": steps.combine_sum,
+               "weighted": steps.combine_normalized(chunk.weights, consensus=True)}[params["aggregate"]]
+    combine = boosted(combine, params.get("subspace_boost"), chunk)
     return steps.task_vector_merge(chunk, [steps.topk("trim"), steps.elect_sign], combine, params["scaling"])
 
 
@@ -25,14 +29,18 @@ METHOD = Method(
     name="ties",
     summary="TIES: trim to the top-K magnitudes, elect signs, merge the agreeing entries",
     formula="τ̂ᵢ = τᵢ⊙1{|τᵢ| ≥ tᵢ(K)};  γ = sign(Σ τ̂ᵢ);  θ = θ₀ + λ·agg{τ̂ᵢ : sign(τ̂ᵢ) = γ}",
-    paper="Yadav et al. 2023, TIES-Merging (arXiv:2306.01708)",
+    paper="Yadav et al. 2023, TIES-Merging (arXiv:2306.01708); Subspace Boosting: Skorobogat et al. 2025 "
+          "(arXiv:2506.16506)",
     params={
         "density": DENSITY,
         "scaling": SCALING,
-        "aggregate": Param("sum", "sum (MergeBench code) or disjoint mean (TIES paper, mergekit)", kind=str,
-                           choices=("sum", "mean")),
+        "aggregate": Param("sum", "sum (MergeBench code), disjoint mean (TIES paper) or weighted: Σ wᵢτ̂ᵢ / Σ wᵢ "
+                           "over the agreeing tasks (mergekit's normalize)", kind=str,
+                           choices=("sum", "mean", "weighted")),
         "topk_scope": SCOPE,
+        "subspace_boost": SUBSPACE_BOOST,
     },
     merge=merge,
     quantiles=quantiles,
+    whole=lambda params: params.get("subspace_boost") is not None,
 )
