@@ -19,8 +19,7 @@ def quantiles(params: dict) -> list[Quantile]:
 def merge(chunk: Chunk, params: dict) -> torch.Tensor:
     """Trim to the top-K of |τᵢ|, elect γ = sign(Σ τ̂ᵢ), combine the agreeing entries, θ₀ + λ·combined
     (with Subspace Boosting β, θ₀ + λ·SB_β(combined) on matrices: the final merged task vector is boosted)."""
-    combine = {"mean": steps.combine_disjoint_mean, "sum": steps.combine_sum,
-               "weighted": steps.combine_normalized(chunk.weights, consensus=True)}[params["aggregate"]]
+    combine = steps.combine_disjoint_mean if params["aggregate"] == "mean" else steps.combine_sum
     combine = boosted(combine, params.get("subspace_boost"), chunk)
     return steps.task_vector_merge(chunk, [steps.topk("trim"), steps.elect_sign], combine, params["scaling"])
 
@@ -34,9 +33,8 @@ METHOD = Method(
     params={
         "density": DENSITY,
         "scaling": SCALING,
-        "aggregate": Param("sum", "sum (MergeBench code), disjoint mean (TIES paper) or weighted: Σ wᵢτ̂ᵢ / Σ wᵢ "
-                           "over the agreeing tasks (mergekit's normalize)", kind=str,
-                           choices=("sum", "mean", "weighted")),
+        "aggregate": Param("sum", "sum (MergeBench code) or disjoint mean (TIES paper, mergekit)", kind=str,
+                           choices=("sum", "mean")),
         "topk_scope": SCOPE,
         "subspace_boost": SUBSPACE_BOOST,
     },
