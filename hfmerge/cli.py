@@ -141,10 +141,11 @@ def methods() -> None:
 
 def _register_command_groups() -> None:
     """Command groups living in their own modules (hub, eval, ...) add themselves to ``app``."""
-    from hfmerge import cli_eval, cli_hub
+    from hfmerge import cli_eval, cli_hub, cli_study
 
     cli_hub.register(app)
     cli_eval.register(app)
+    cli_study.register(app)
 
 
 _register_command_groups()
