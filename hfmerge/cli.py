@@ -50,6 +50,9 @@ def merge(
     device: Annotated[str, typer.Option(help="device for the arithmetic: cpu, cuda, mps")] = "cpu",
     download: Annotated[bool, typer.Option(help="download Hub sources to the HF cache first (default: read them "
                                                 "lazily by byte ranges)")] = False,
+    read_ahead: Annotated[str, typer.Option(help="memory for Hub ranges fetched ahead, shared by all sources "
+                                                 "(e.g. 512MiB, 2GiB)")] = "512MiB",
+    connections: Annotated[int, typer.Option(help="Hub ranges in flight at once (one connection each)")] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Merge a base model and its experts: `hfmerge merge CONFIG.yaml -o OUT` or
@@ -74,6 +77,10 @@ def merge(
         config.dtype = normalize_dtype(dtype)
     if seed is not None:
         config.seed = seed
+    from hfmerge import remote
+    from hfmerge.writer import parse_size
+
+    remote.configure(read_ahead=parse_size(read_ahead), connections=connections)
     report = run_merge(config, output, shard_size=shard_size, overwrite=overwrite, device=device, progress=not quiet,
                        download=download)
     typer.echo(

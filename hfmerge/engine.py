@@ -198,6 +198,14 @@ class Merger:
         for p, first, data in self._prefetch(jobs):
             yield self._chunk(p.info, first, data)
 
+    def _plan_reads(self, items: list[tuple[PlannedTensor, bool]]) -> None:
+        """Tell the sources that read ahead (Hub repos) what the next pass reads, in order: ``(tensor, spill)``;
+        ``spill`` marks tensors read more than once (kept in a local spill, not fetched again)."""
+        for c in (self.base, *self.experts, *(self.stats or [])):
+            if callable(getattr(c, "plan", None)):
+                c.plan([(rank, p.info.name, spill) for rank, (p, spill) in enumerate(items)
+                        if p.merged or c is self.base])
+
     # ---- selection passes -----------------------------------------------------------------------------------
     def _guess(self, infos: list[TensorInfo], quantiles: list[Quantile]) -> dict[str, list[int]]:
         """Per quantile and task, the radix bucket of the threshold estimated from a few rows of every tensor."""
@@ -267,7 +275,9 @@ class Merger:
         global_q = [q for q in self.quantiles if q.scope == "global"]
         merged = [p.info for p in self.plan if p.merged]
         if global_q and merged:
+            self._plan_reads([(p, True) for p in self.plan if p.merged])  # read by every pass: fetched once
             self._select(merged, global_q, "global top-k")
+        self._plan_reads([(p, p.merged and bool(global_q or self.local and not p.whole)) for p in self.plan])
         total = sum(t.nbytes for t in self.out_tensors())
         bar = tqdm(total=total, desc=f"merge ({self.method.name})", unit="B", unit_scale=True,
                    disable=not self.progress)

@@ -22,6 +22,7 @@ from hfmerge.engine import DEFAULT_CHUNK_NUMEL, Merger, peak_rss_bytes
 from hfmerge.errors import HfMergeError
 from hfmerge.lora import LoraCheckpoint, is_adapter
 from hfmerge.methods.registry import get_method
+from hfmerge.remote import transfer_report
 from hfmerge.sources import Checkpoint, open_checkpoint, open_reader
 from hfmerge.stats.store import compute_stats, open_stats
 from hfmerge.writer import MemoryWriter, ShardWriter, parse_size
@@ -121,12 +122,14 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
                 "sources": [
                     {"role": "base" if c is merger.base else "expert", "ref": c.ref, "revision": c.revision,
                      "weight_bytes": c.weight_bytes, "bytes_read": c.bytes_read,
-                     "bytes_fetched": getattr(c.reader, "bytes_fetched", None)}
+                     "bytes_fetched": getattr(c.reader, "bytes_fetched", None),
+                     **({"transfer": c.reader.transfer_stats()} if hasattr(c.reader, "transfer_stats") else {})}
                     for c in sources
                 ],
                 "statistics": [{"expert": m.source, "folder": str(f), **_sidecar(f)} for m, (f, _) in
                                zip(config.models, stats, strict=True)] if stats else None,
                 "bytes_read": sum(c.bytes_read for c in sources),
+                "transfer": transfer_report(c.reader for c in sources),
                 **run_stats,
                 "wall_seconds": round(time.perf_counter() - start, 3),
                 "peak_rss_bytes": peak_rss_bytes(),

@@ -6,16 +6,27 @@ whoami, repo create/info/tree/paths-info/commits, preupload + LFS batch/PUT/veri
 byte ranges. Tokens are checked (Bearer), private and gated repos are refused to the wrong callers, and
 errors carry the client's X-Error-Code headers. Storage is a folder (content-addressed blobs) + memory.
 Start it with :func:`serve`; point clients at it with HF_ENDPOINT (and HF_HUB_DISABLE_XET=1).
+
+:class:`Realism` (``server.hub.realism``, switchable at any time) makes it behave like huggingface.co at
+scale: a round trip per request, a bandwidth cap per connection, LFS resolves answered by a 302 to a storage
+"bridge" URL on another host name (``localhost``) signed for the exact range asked, a rate limit on
+``/resolve`` calls answered by 429 with ``RateLimit`` / ``RateLimit-Policy`` headers, a proxy that ignores
+``Range``, and injected faults (503s, connections cut mid-body, short bodies). ``server.hub.counters``
+counts what clients did.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
+import math
 import re
+import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +35,22 @@ from urllib.parse import parse_qs, unquote, urlparse
 import yaml
 
 LFS_THRESHOLD = 10 * 1024  # files at least this large (or *.safetensors) go through LFS, like the Hub
+BRIDGE_HOST = "localhost"  # another host name for the same loopback server: clients treat it as another origin
+
+
+@dataclass
+class Realism:
+    """How much of the real Hub's behaviour to imitate (all off by default)."""
+
+    rtt: float = 0.0  # seconds added before every answer (one round trip)
+    bandwidth: float | None = None  # bytes/s per connection for file bodies
+    bridge: bool = False  # LFS resolves -> 302 to an exact-range signed URL on BRIDGE_HOST
+    resolve_limit: int | None = None  # /resolve calls allowed per window (429 beyond)
+    resolve_window: float = 300.0  # seconds (the Hub's windows are 5 minutes)
+    ignore_range: bool = False  # answer 200 with the whole file to a Range request
+    fail_every: int = 0  # every n-th file-body answer is a 503
+    cut_every: int = 0  # every n-th file-body answer is cut after half its body (connection closed)
+    short_every: int = 0  # every n-th ranged answer is a valid 206 for the first half of the range only
 
 
 @dataclass
@@ -69,6 +96,50 @@ class LocalHub:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lock = threading.Lock()
         self.on_lfs_put = None  # test hook: called with the handler before an LFS upload is read
+        self.realism = Realism()
+        self.counters: Counter = Counter()
+        self.secret = hashlib.sha256(str(root).encode() + str(time.time_ns()).encode()).digest()
+        self._window = (0.0, 0)  # (start, resolve calls in it)
+        self._connections = 0
+        self._active = 0
+
+    def count(self, **kw: int) -> None:
+        with self.lock:
+            self.counters.update(kw)
+
+    def connection(self, delta: int) -> None:
+        with self.lock:
+            self._connections += delta
+
+    def active(self, delta: int) -> None:
+        """Requests being answered at once (``max_active``: how many ranges a client had in flight)."""
+        with self.lock:
+            self._active += delta
+            self.counters["max_active"] = max(self.counters["max_active"], self._active)
+
+    def rate_limited(self) -> float | None:
+        """Count one /resolve call: None when allowed, else the seconds until the window resets."""
+        r = self.realism
+        if r.resolve_limit is None:
+            return None
+        with self.lock:
+            now = time.monotonic()
+            start, n = self._window
+            if now - start >= r.resolve_window:
+                start, n = now, 0
+            if n >= r.resolve_limit:
+                self._window = (start, n)
+                return r.resolve_window - (now - start)
+            self._window = (start, n + 1)
+            return None
+
+    def sign(self, sha256: str, rng: str, expires: int) -> str:
+        return hmac.new(self.secret, f"{sha256}|{rng}|{expires}".encode(), "sha256").hexdigest()
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.counters.clear()
+            self._window = (0.0, 0)
 
     # ---- blobs --------------------------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -174,6 +245,17 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        self.hub.connection(+1)
+        self.hub.count(connections=1)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.hub.connection(-1)
+
     # ---- plumbing ------------------------------------------------------------------------------------------
     def _user(self) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -221,6 +303,16 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlparse(self.path)
         path, query = unquote(url.path), parse_qs(url.query)
+        self.hub.count(requests=1)
+        self.hub.active(+1)
+        try:
+            self._route(method, path, query)
+        finally:
+            self.hub.active(-1)
+
+    def _route(self, method: str, path: str, query: dict) -> None:
+        if self.hub.realism.rtt:
+            time.sleep(self.hub.realism.rtt)
         try:
             for pattern, verb, fn in ROUTES:
                 m = pattern.fullmatch(path)
@@ -428,6 +520,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def resolve(self, query, prefix: str, repo: str, rev: str, file: str) -> None:
         head = self.command == "HEAD"
+        self.hub.count(resolve=1)
+        wait = self.hub.rate_limited()
+        if wait is not None:
+            self.hub.count(rate_limited=1)
+            r = self.hub.realism
+            return self._json({"error": "You have exceeded our rate limit on resolvers"}, 429, {
+                "RateLimit": f'"resolvers";r=0;t={max(1, math.ceil(wait))}',
+                "RateLimit-Policy": f'"fixed window";"resolvers";q={r.resolve_limit};w={math.ceil(r.resolve_window)}'})
         kind = {"": "model", "datasets/": "dataset", "spaces/": "space"}[prefix or ""]
         r = self.hub.get(kind, repo, self._user())
         c = self.hub.commit_of(r, rev)
@@ -439,20 +539,87 @@ class Handler(BaseHTTPRequestHandler):
         if f.lfs:
             headers["X-Linked-Etag"] = f'"{f.sha256}"'
             headers["X-Linked-Size"] = f.size
-        data_path = self.hub.blob_path(f.sha256)
+        if f.lfs and self.hub.realism.bridge:  # like the Hub: a redirect to storage, signed for this exact range
+            rng = (self.headers.get("Range") or "").strip()
+            expires = int(time.time()) + 3600
+            sig = self.hub.sign(f.sha256, rng, expires)
+            port = self.server.server_address[1]
+            loc = f"http://{BRIDGE_HOST}:{port}/_bridge/{f.sha256}?range={rng}&expires={expires}&sig={sig}"
+            return self._send(302, b"", {**headers, "Location": loc, "Content-Length": 0}, head)
+        self._send_file(f.sha256, f.size, headers, head)
+
+    def bridge(self, query, oid: str) -> None:
+        """The storage bridge: serves a blob only for the Range its URL was signed for."""
+        self.hub.count(bridge=1)
+        rng, expires, sig = (query.get(k, [""])[0] for k in ("range", "expires", "sig"))
+        asked = (self.headers.get("Range") or "").strip()
+        if (not hmac.compare_digest(sig, self.hub.sign(oid, rng, int(expires or 0))) or asked != rng
+                or int(expires or 0) < time.time()):
+            raise HubError(403, "Request signature does not match the range asked")
+        path = self.hub.blob_path(oid)
+        if not path.exists():
+            raise HubError(404, "blob not found")
+        self._send_file(oid, path.stat().st_size, {"Accept-Ranges": "bytes", "ETag": f'"{oid}"',
+                                                   "Content-Type": "application/octet-stream"},
+                        self.command == "HEAD")
+
+    def _send_file(self, sha256: str, size: int, headers: dict, head: bool) -> None:
+        """A file body (whole or the asked Range) with the realism's faults and bandwidth cap."""
+        real = self.hub.realism
         rng = self.headers.get("Range")
-        if rng and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())):
+        start, end, status = 0, size - 1, 200
+        if rng and not real.ignore_range and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())):
             start = int(m.group(1))
-            end = min(int(m.group(2)) if m.group(2) else f.size - 1, f.size - 1)
-            if start >= f.size:
-                return self._send(416, b"", {"Content-Range": f"bytes */{f.size}"}, head)
-            with open(data_path, "rb") as fh:
+            end = min(int(m.group(2)) if m.group(2) else size - 1, size - 1)
+            if start >= size:
+                return self._send(416, b"", {"Content-Range": f"bytes */{size}"}, head)
+            status = 206
+        if head:
+            headers["Content-Length"] = size
+            return self._send(200, b"", headers, head)
+        with self.hub.lock:
+            self.hub.counters["bodies"] += 1
+            n = self.hub.counters["bodies"]
+        if real.fail_every and n % real.fail_every == 0:
+            self.hub.count(failed=1)
+            return self._json({"error": "Service Unavailable"}, 503)
+        if status == 206 and real.short_every and n % real.short_every == 0 and end > start:
+            end = start + (end - start + 1) // 2 - 1
+            self.hub.count(short=1)
+        length = end - start + 1
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = length
+        cut = bool(real.cut_every and n % real.cut_every == 0 and length > 1)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        limit = length // 2 if cut else length
+        sent, t0, piece = 0, time.monotonic(), 64 << 10
+        try:
+            with open(self.hub.blob_path(sha256), "rb") as fh:
                 fh.seek(start)
-                body = b"" if head else fh.read(end - start + 1)
-            headers.update({"Content-Range": f"bytes {start}-{end}/{f.size}", "Content-Length": end - start + 1})
-            return self._send(206, body, headers, head)
-        headers["Content-Length"] = f.size
-        self._send(200, b"" if head else data_path.read_bytes(), headers, head)
+                while sent < limit:
+                    data = fh.read(min(piece, limit - sent))
+                    self.wfile.write(data)
+                    sent += len(data)
+                    self.hub.count(body_bytes=len(data))
+                    if real.bandwidth:
+                        ahead = sent / real.bandwidth - (time.monotonic() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away: fine
+            self.close_connection = True
+            return
+        if cut:
+            self.hub.count(cut=1)
+            self.wfile.flush()
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 _R = r"(?P<repo>[^/]+/[^/]+)"
@@ -475,6 +642,7 @@ ROUTES = [
     (re.compile(rf"/(?P<prefix>datasets/|spaces/)?{_R}\.git/info/lfs/objects/batch"), "POST", Handler.lfs_batch),
     (re.compile(r"/_lfs/(?P<oid>[0-9a-f]{64})"), "PUT", Handler.lfs_put),
     (re.compile(r"/_lfs/(?P<oid>[0-9a-f]{64})/verify"), "POST", Handler.lfs_verify),
+    (re.compile(r"/_bridge/(?P<oid>[0-9a-f]{64})"), "GET HEAD", Handler.bridge),
     (re.compile(rf"/(?P<prefix>datasets/|spaces/)?{_R}/resolve/(?P<rev>[^/]+)/(?P<file>.+)"), "GET HEAD",
      Handler.resolve),
 ]

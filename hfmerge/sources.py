@@ -1,8 +1,10 @@
 """Lazy access to the tensors of a checkpoint, wherever its bytes live.
 
 A :class:`Checkpoint` parses only the safetensors headers; tensor data (or a row range of a tensor) is
-read on demand by byte range through a :class:`Reader`. The local reader uses ``os.pread`` into fresh
-buffers, so nothing stays mapped or resident after a tensor is consumed. Pickle checkpoints are refused.
+read on demand by byte range through a :class:`Reader`: :class:`LocalReader` for folders (positional reads
+into fresh buffers, so nothing stays mapped or resident after a tensor is consumed), or
+:class:`hfmerge.remote.RemoteReader` for Hub repos (planned large ranges, bounded read-ahead). Pickle
+checkpoints are refused.
 """
 
 from __future__ import annotations
@@ -89,14 +91,18 @@ class Reader(Protocol):
 
     def close(self) -> None: ...
 
+    # optional: ``plan(spans)`` announces the ranges about to be read, in order (see RemoteReader.plan)
+
 
 class LocalReader:
-    """Reads a local folder with ``os.pread`` (thread-safe, no resident mappings)."""
+    """Reads a local folder with positional reads (thread-safe, no resident mappings): ``os.preadv`` where the
+    platform has it, else a seek + readinto under a per-file lock (Windows)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, label: str | None = None, revision: str | None = None):
         self.folder = folder
-        self.label = str(folder)
-        self.revision = None
+        self.label = label or str(folder)
+        self.revision = revision
+        self._file_locks: dict[str, threading.Lock] = {}
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -108,17 +114,26 @@ class LocalReader:
             fd = self._fds.get(file)
             if fd is None:
                 try:
-                    fd = os.open(self.folder / file, os.O_RDONLY)
+                    fd = os.open(self.folder / file, os.O_RDONLY | getattr(os, "O_BINARY", 0))
                 except OSError as e:
                     raise HfMergeError(f"cannot read {self.folder / file}: {e.strerror}") from None
                 self._fds[file] = fd
             return fd
 
+    def _pread(self, file: str, fd: int, view: memoryview, offset: int) -> int:
+        if HAVE_PREADV:
+            return os.preadv(fd, [view], offset)
+        with self._lock:
+            lock = self._file_locks.setdefault(file, threading.Lock())
+        with lock:  # the file position is shared: one seek + read at a time per file
+            os.lseek(fd, offset, os.SEEK_SET)
+            return os.readv(fd, [view]) if hasattr(os, "readv") else _read_into(fd, view)
+
     def read_range(self, file: str, offset: int, length: int) -> bytearray:
         buf = bytearray(length)
         view, fd, done = memoryview(buf), self._fd(file), 0
         while done < length:
-            n = os.preadv(fd, [view[done:]], offset + done)
+            n = self._pread(file, fd, view[done:], offset + done)
             if n <= 0:
                 raise HfMergeError(f"{self.folder / file} is truncated (wanted {length} bytes at {offset})")
             done += n
@@ -136,6 +151,15 @@ class LocalReader:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+
+HAVE_PREADV = hasattr(os, "preadv")
+
+
+def _read_into(fd: int, view: memoryview) -> int:
+    data = os.read(fd, len(view))
+    view[:len(data)] = data
+    return len(data)
 
 
 def parse_header(reader: Reader, file: str) -> dict[str, TensorInfo]:
@@ -199,6 +223,15 @@ class Checkpoint:
     def revision(self) -> str | None:
         return self.reader.revision
 
+    def plan(self, items: list[tuple[int, str, bool]]) -> None:
+        """Announce the tensors about to be read, in order, to a reader that reads ahead (a Hub repo):
+        ``(rank, tensor name, spill)``; ``rank`` orders the reads of all sources together, ``spill`` marks
+        tensors that will be read more than once (kept in a local spill instead of fetched again)."""
+        plan = getattr(self.reader, "plan", None)
+        if plan is not None:
+            plan([(rank, t.file, t.start, t.nbytes, spill) for rank, name, spill in items
+                  if (t := self.tensors.get(name)) is not None])
+
     def read_bytes(self, info: TensorInfo, first_row: int = 0, rows: int | None = None) -> bytearray:
         rows = info.rows - first_row if rows is None else rows
         row_bytes = info.row_numel * info.itemsize
@@ -233,14 +266,21 @@ def open_reader(ref: str, download: bool = False) -> Reader:
     if path.exists():
         raise HfMergeError(f"{ref} is a file; give the checkpoint folder that holds config.json and weights")
     if HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
-        try:
-            from hfmerge.hub import open_remote
-        except ImportError:
-            raise HfMergeError(f"{ref} is not a local folder and Hub sources are not available") from None
-        return open_remote(ref, download)
+        from hfmerge import remote  # the Hub readers (imports huggingface_hub only when a Hub source is used)
+
+        repo, revision = remote.split_ref(ref)
+        if not download:
+            return remote.RemoteReader(repo, revision)
+        folder, sha = remote.snapshot(repo, revision)
+        return LocalReader(folder, f"{repo}@{sha[:10]}", sha)
     raise HfMergeError(f"model path {ref} does not exist (give a checkpoint folder or a Hub id org/name)")
 
 
 def open_checkpoint(ref: str, download: bool = False) -> Checkpoint:
     """Open a full checkpoint lazily (see :func:`open_reader`)."""
-    return Checkpoint(ref, open_reader(ref, download))
+    reader = open_reader(ref, download)
+    try:
+        return Checkpoint(ref, reader)
+    except BaseException:
+        reader.close()
+        raise
