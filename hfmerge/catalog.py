@@ -7,6 +7,7 @@ experts are ``MergeBench/<base name>_<domain>``, each paired BY DOMAIN NAME with
 from __future__ import annotations
 
 from hfmerge.errors import HfMergeError
+from hfmerge.suggest import close_matches
 
 DOMAINS = ("instruction", "math", "coding", "multilingual", "safety")
 BASES = {  # base name in expert ids -> (base repo, tied embeddings)
@@ -38,7 +39,9 @@ def resolve_alias(alias: str) -> tuple[str, list[str]]:
     """``mergebench:<base name>`` -> (base repo, its five experts)."""
     name = alias[len(ALIAS):]
     if name not in BASES:
-        raise HfMergeError(f"unknown catalog alias {alias!r} (valid: {', '.join(ALIAS + b for b in BASES)})")
+        near = close_matches(name, BASES)  # compared without the common prefix
+        raise HfMergeError(f"unknown catalog alias {alias!r} (" + (f"did you mean {ALIAS}{near[0]}?" if near else
+                           f"valid: {', '.join(ALIAS + b for b in BASES)}") + "); see `hfmerge catalog`")
     return BASES[name][0], [expert_id(name, d) for d in DOMAINS]
 
 

@@ -3,18 +3,19 @@ exit 1 (hfmerge.cli_base)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import yaml
 
-from hfmerge.cli_base import CONTEXT_SETTINGS, HfMergeGroup, show_version
+from hfmerge.cli_base import CONTEXT_SETTINGS, HfMergeGroup, examples, show_version, usage_error
 from hfmerge.errors import HfMergeError
 
 app = typer.Typer(cls=HfMergeGroup, context_settings=CONTEXT_SETTINGS, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
+                  epilog=examples("hfmerge merge examples/mergebench_llama3.2-3b_ties.yaml -o out/ties",
+                                  "hfmerge merge -h"),
                   help="Merge fine-tuned checkpoints of one base model, with the MergeBench methods.")
 
 
@@ -34,13 +35,16 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-@app.command(context_settings={"allow_interspersed_args": True})
+@app.command(context_settings={"allow_interspersed_args": True}, epilog=examples(
+    "hfmerge merge examples/mergebench_llama3.2-3b_ties.yaml -o out/ties",
+    "hfmerge merge --method ties --base meta-llama/Llama-3.2-3B --models MergeBench/Llama-3.2-3B_math "
+    "MergeBench/Llama-3.2-3B_coding --set density=0.3 -o out/ties"))
 def merge(
     args: Annotated[list[str] | None, typer.Argument(
         help="CONFIG.yaml, or (with --models) further expert paths/ids", show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="output folder (appears only when complete)")] = ...,
     method: Annotated[str | None, typer.Option(help="merge method (see `hfmerge methods`)")] = None,
-    base: Annotated[str | None, typer.Option(help="base model: folder or Hub id org/name[@rev]")] = None,
+    base: Annotated[str | None, typer.Option(help="base model: folder or Hub id org/name\\[@rev]")] = None,
     models: Annotated[list[str] | None, typer.Option(help="expert folders or Hub ids")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="method parameter name=value (repeatable)")] = None,
     dtype: Annotated[str | None, typer.Option(help="output dtype: bfloat16|float16|float32 (default: base's)")] = None,
@@ -55,22 +59,22 @@ def merge(
     connections: Annotated[int, typer.Option(help="Hub ranges in flight at once (one connection each)")] = 8,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Merge a base model and its experts: `hfmerge merge CONFIG.yaml -o OUT` or
-    `hfmerge merge --method ties --base B --models E1 E2 --set density=0.2 -o OUT`."""
+    """Merge a base model and its experts, from a config file (native or mergekit) or from flags."""
     from hfmerge.config import MergeConfig
     from hfmerge.job import merge as run_merge
 
     args = list(args or [])
     if models:
         if not (method and base):
-            raise HfMergeError("the flag form needs --method, --base and --models")
+            raise usage_error("the flag form needs --method, --base and --models")
         data = {"method": method, "base_model": base, "models": [*models, *args]}
         config = MergeConfig.from_dict(data, "command line")
     else:
         if len(args) != 1 or method or base:
-            raise HfMergeError("give one CONFIG.yaml, or --method/--base/--models (see hfmerge merge --help)")
+            raise usage_error("give one CONFIG.yaml, or --method/--base/--models")
         config = MergeConfig.from_file(args[0])
     config.parameters.update(parse_sets(set_ or []))
+    config.validate()  # method and parameters, before any source is opened
     if dtype:
         from hfmerge.config import normalize_dtype
 
@@ -90,7 +94,10 @@ def merge(
     )
 
 
-@app.command()
+@app.command(epilog=examples(
+    "hfmerge stats fisher MergeBench/Llama-3.2-3B_math --data MergeBench/math_val -o stats/math-fisher",
+    "hfmerge stats masks MergeBench/Llama-3.2-3B_math --data MergeBench/math_val --base meta-llama/Llama-3.2-3B "
+    "-o stats/math-mask"))
 def stats(
     kind: Annotated[str, typer.Argument(help="fisher | regmean | masks")],
     model: Annotated[str, typer.Argument(help="the expert: folder or Hub id")],
@@ -117,7 +124,7 @@ def stats(
     typer.echo(f"{kind} statistics of {model} written to {folder}")
 
 
-@app.command()
+@app.command(epilog=examples("hfmerge demo", "hfmerge demo --size test --arch gemma2 --workdir demo_gemma"))
 def demo(
     workdir: Annotated[Path, typer.Option(help="where the mini-MergeBench, merges and results go")] = Path("demo_out"),
     size: Annotated[str, typer.Option(help="demo | test (smaller, for CI)")] = "demo",
@@ -126,15 +133,17 @@ def demo(
 ) -> None:
     """The whole pipeline offline on the mini-MergeBench: build, publish, pull, merge, tune, evaluate, push."""
     from hfmerge.demo import SIZES, run
+    from hfmerge.suggest import require
 
-    if size not in SIZES:
-        raise HfMergeError(f"unknown demo size {size!r} (valid: {', '.join(SIZES)})")
-    if arch not in ("llama", "gemma2"):
-        raise HfMergeError(f"unknown demo architecture {arch!r} (valid: llama, gemma2)")
+    require("demo size", size, SIZES)
+    require("demo architecture", arch, ("llama", "gemma2"))
     run(workdir, size, hub, log=typer.echo, arch=arch)
 
 
-@app.command()
+@app.command(epilog=examples(
+    "hfmerge methods",
+    "hfmerge merge --method dare --base meta-llama/Llama-3.2-3B --models MergeBench/Llama-3.2-3B_math "
+    "--set drop_rate=0.9 -o out/dare"))
 def methods() -> None:
     """List the merge methods with their parameters, defaults and ranges."""
     from hfmerge.methods.registry import METHODS

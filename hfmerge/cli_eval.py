@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from hfmerge.cli_base import examples, usage_error
 from hfmerge.errors import HfMergeError
 
 
@@ -40,9 +41,9 @@ def eval_command(
         typer.echo(describe())
         return
     if model is None or output is None:
-        raise HfMergeError("give MODEL and -o OUTDIR (or --list-suites)")
+        raise usage_error("give MODEL and -o OUTDIR (or --list-suites)")
     if bool(suite) == bool(tasks):
-        raise HfMergeError("give exactly one of --suite or --tasks")
+        raise usage_error("give exactly one of --suite or --tasks")
     from hfmerge.eval.runner import evaluate
 
     spec, custom, multilingual = tasks, custom_tasks, False
@@ -71,24 +72,29 @@ def report(
     """Normalized performance, forgetting, beats-base and gain over the best expert, per merge."""
     from hfmerge.eval.scores import load_results, measures, table
     from hfmerge.eval.suites import get_suite
+    from hfmerge.suggest import require
 
-    domains, metric = {}, {}
+    domains, metric, typed = {}, {}, []
     if suite:
         s = get_suite(suite)
         domains, metric = dict(s.domains), dict(s.metric)
     for item in domain or []:
         name, _, tasks = item.partition("=")
         domains[name] = [t for t in tasks.split(",") if t]
+        typed += domains[name]
     if not domains:
-        raise HfMergeError("give --suite or --domain DOMAIN=task,... so domains map to tasks")
+        raise usage_error("give --suite or --domain DOMAIN=task,... so domains map to tasks")
     experts = {}
     for item in expert:
         name, sep, path = item.partition("=")
         if not sep:
             raise HfMergeError(f"--expert {item!r} must look like DOMAIN=results.json")
-        experts[name] = load_results(path)
+        experts[require("domain", name, domains, " in --expert")] = load_results(path)
     base_results = load_results(base)
     forget = [t for t in (forgetting or "").split(",") if t]
+    scored = {k.split("|")[0] for r in (base_results, *experts.values()) for k in r["tasks"]}
+    for task in [*typed, *forget]:  # a misspelt task would silently drop out of the measures
+        require("task", task, sorted(scored), " in the base's and experts' results")
     rows = {Path(m).parent.name or str(m): measures(load_results(m), base_results, experts, domains, forget, metric)
             for m in merges}
     typer.echo(table(rows))
@@ -115,7 +121,7 @@ def tune(
     from hfmerge.tune import tune as run_tune
 
     if bool(suite) == bool(tasks):
-        raise HfMergeError("give exactly one of --suite or --tasks (validation tasks, never the test tasks)")
+        raise usage_error("give exactly one of --suite or --tasks (validation tasks, never the test tasks)")
     cfg = MergeConfig.from_file(config)
     spec, custom, metric = tasks, custom_tasks, None
     if suite:
@@ -132,6 +138,13 @@ def tune(
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the main app."""
-    app.command("eval")(eval_command)
-    app.command()(report)
-    app.command()(tune)
+    app.command("eval", epilog=examples(
+        "hfmerge eval --list-suites",
+        "hfmerge eval out/ties --suite mergebench -o evals/ties",
+        'hfmerge eval out/ties --tasks "gsm8k|8" --limit 100 -o evals/ties-gsm8k'))(eval_command)
+    app.command(epilog=examples(
+        "hfmerge report evals/ties/results.json --base evals/base/results.json --expert math=evals/math/results.json "
+        "--suite mergebench --forgetting mmlu,triviaqa"))(report)
+    app.command(epilog=examples(
+        'hfmerge tune examples/mergebench_llama3.2-3b_ties.yaml --grid "scaling=0.2:1.0:0.2,density=0.1,0.2" '
+        "--suite validation -o tune/ties"))(tune)

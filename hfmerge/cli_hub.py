@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from hfmerge.cli_base import examples
+
 
 def catalog() -> None:
     """The MergeBench catalog: 8 bases × 5 domains = 40 experts (alias: mergebench:<base name>)."""
@@ -16,7 +18,7 @@ def catalog() -> None:
 
 
 def pull(
-    refs: Annotated[list[str], typer.Argument(help="Hub ids org/name[@rev] or aliases mergebench:<base>")],
+    refs: Annotated[list[str], typer.Argument(help="Hub ids org/name\\[@rev] or aliases mergebench:<base>")],
     revision: Annotated[str | None, typer.Option(help="revision for refs without @rev")] = None,
     local_dir: Annotated[Path | None, typer.Option(help="download into this folder instead of the HF cache")] = None,
 ) -> None:
@@ -42,6 +44,9 @@ def push(
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the main app."""
-    app.command()(catalog)
-    app.command()(pull)
-    app.command()(push)
+    app.command(epilog=examples("hfmerge catalog", "hfmerge pull mergebench:Llama-3.2-3B"))(catalog)
+    app.command(epilog=examples("hfmerge pull mergebench:Llama-3.2-3B",
+                                "hfmerge pull meta-llama/Llama-3.2-3B@main --local-dir models/llama-3.2-3b"))(pull)
+    app.command(epilog=examples("hfmerge push out/ties --repo you/llama3.2-3b-ties",
+                                "hfmerge push out/ties --repo you/llama3.2-3b-ties --results evals/ties/results.json "
+                                "--private"))(push)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from hfmerge.cli_base import examples
 from hfmerge.errors import HfMergeError
 
 
@@ -44,4 +45,6 @@ def study(
 
 def register(app: typer.Typer) -> None:
     """Add the command to the main app."""
-    app.command()(study)
+    app.command(epilog=examples(
+        "hfmerge study examples/mergebench_llama3.2-3b_task_arithmetic.yaml --methods task_arithmetic,ties "
+        "--sizes 2,4 --repeats 5 --suite mergebench -o study/llama3.2-3b"))(study)

@@ -67,7 +67,14 @@ class MergeConfig:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise HfMergeError(f"{origin}: 'seed' must be a non-negative integer")
         return cls(str(d["method"]), str(d["base_model"]), models, dict(params), normalize_dtype(d.get("dtype")),
-                   list(skip), seed)
+                   list(skip), seed).validate()
+
+    def validate(self) -> MergeConfig:
+        """Refuse an unknown method or parameter (naming the nearest valid one) before any source is opened."""
+        from hfmerge.methods.registry import get_method
+
+        get_method(self.method).resolve(self.parameters)
+        return self
 
     @classmethod
     def from_file(cls, path: str | Path) -> MergeConfig:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfmerge.errors import HfMergeError
+from hfmerge.suggest import unknown
 
 LANGS = {"fr": "fra", "es": "spa", "de": "deu", "ru": "rus"}
 
@@ -74,7 +74,7 @@ def register(suite: Suite) -> None:
 
 def get_suite(name: str) -> Suite:
     if name not in SUITES:
-        raise HfMergeError(f"unknown suite {name!r} (valid: {', '.join(SUITES)})")
+        raise unknown("suite", name, SUITES)
     return SUITES[name]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from hfmerge import suggest
 from hfmerge.errors import HfMergeError
 
 
@@ -91,7 +92,9 @@ class Param:
         where = f"{method} parameter {name}={value!r}"
         if self.choices:
             if value not in self.choices:
-                raise HfMergeError(f"{where} is not one of {', '.join(self.choices)}")
+                near = suggest.close_matches(str(value), self.choices)
+                raise HfMergeError(f"{where} is not one of {', '.join(self.choices)}"
+                                   + (f" (did you mean {near[0]}?)" if near else ""))
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise HfMergeError(f"{where} must be a number in {self.describe()}")
@@ -134,8 +137,9 @@ class Method:
     def resolve(self, given: dict) -> dict:
         """Defaults filled in, unknown names and out-of-range values refused."""
         unknown = sorted(set(given) - set(self.params))
+        if unknown and not self.params:
+            raise HfMergeError(f"method {self.name} takes no parameters (got {unknown[0]!r})")
         if unknown:
-            valid = ", ".join(self.params) or "none"
-            raise HfMergeError(f"unknown parameter {unknown[0]!r} for method {self.name} (valid: {valid})")
+            raise suggest.unknown("parameter", unknown[0], self.params, f" for method {self.name}")
         return {k: p.check(self.name, k, given.get(k, p.default)) if (k in given or p.default is not None)
                 else None for k, p in self.params.items()}

@@ -1,6 +1,5 @@
 """Methods by name."""
 
-from hfmerge.errors import HfMergeError
 from hfmerge.methods import (
     consensus,
     dare,
@@ -14,6 +13,7 @@ from hfmerge.methods import (
     tsv_m,
 )
 from hfmerge.methods.base import Method
+from hfmerge.suggest import unknown
 
 METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD for m in (soup, task_arithmetic, ties, dare, consensus, localize_stitch, fisher, regmean)
@@ -23,5 +23,5 @@ METHODS.update({m.METHOD.name: m.METHOD for m in (tsv_m, iso_c)})
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise HfMergeError(f"unknown method {name!r} (valid: {', '.join(METHODS)})")
+        raise unknown("method", name, METHODS)
     return METHODS[name]
