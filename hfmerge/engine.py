@@ -16,7 +16,7 @@ import resource
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -41,6 +41,7 @@ class PlannedTensor:
     merged: bool
     out_dtype: str
     whole: bool = False  # read in one piece: the method needs whole tensors, or its per-tensor top-k fits in memory
+    spectral: bool = False  # a matrix of the method's Spectral rule (read and merged by _merge_spectral)
 
 
 def reuse_freed_memory() -> None:
@@ -134,6 +135,11 @@ class Merger:
                               t.numel <= WHOLE_TOPK_CHUNKS * chunk_numel or len(self._ranges(t)) == 1)))
             for t in sorted(base.tensors.values(), key=lambda t: (t.file, t.start))
         ]
+        self.spectral_spec = self.method.spectral(self.params)
+        if self.spectral_spec:
+            self.plan = [replace(p, whole=False, spectral=True)
+                         if p.merged and self.spectral_spec.applies(p.info.name, tuple(p.info.shape)) else p
+                         for p in self.plan]
         self.thresholds: dict[str, torch.Tensor] = {}
         spec = self.method.stats(self.params)
         if spec and (stats is None or len(stats) != len(experts)):
@@ -164,6 +170,8 @@ class Merger:
     def _read_job(self, p: PlannedTensor, first: int, rows: int):
         """One step of the stream, run in the reader thread: the rows of every model (and their statistics)
         for a merged tensor; raw base bytes, or rows converted to the output dtype, for a copied one."""
+        if p.spectral:
+            return None  # read by _merge_spectral, its own way
         if p.merged:
             return self._read(p.info.name, first, rows)
         if p.out_dtype == p.info.dtype:
@@ -265,6 +273,32 @@ class Merger:
         if (rule := chunk.memo.pop("spectral_rule", None)) is not None:
             self.spectral.setdefault(rule, []).append(p.info.name)
 
+    def _merge_spectral(self, p: PlannedTensor, write) -> None:
+        """A matrix of the method's :class:`Spectral` rule, in memory independent of N: D gathered from row
+        chunks of every model (or one expert's whole τᵢ at a time), then θ = θ₀ + finish(…), written whole."""
+        spec, name = self.spectral_spec, p.info.name
+        if spec.rows is not None:
+            base = torch.empty(tuple(p.info.shape), dtype=torch.float32, device=self.device)
+            acc = torch.empty_like(base)
+            for first, rows in self._ranges(p.info):
+                chunk = self._chunk(p.info, first, self._read(name, first, rows))
+                base[first:first + rows] = chunk.base
+                acc[first:first + rows] = spec.rows(chunk, self.params)
+                del chunk
+        else:
+            base = self.base.read(name).to(self.device, torch.float32)
+            acc = []
+            for i, expert in enumerate(self.experts):
+                tau = expert.read(name).to(self.device, torch.float32).sub_(base)
+                if self.weights[i] != 1.0:
+                    tau *= self.weights[i]
+                acc.append(spec.expert(name, tau, i, len(self.experts), self.params))
+                del tau
+        delta = spec.finish(acc, self.params)
+        del acc
+        write(delta.add_(base).to(DTYPES[p.out_dtype]).cpu())
+        self.spectral.setdefault(spec.rule, []).append(name)
+
     def out_tensors(self) -> list[OutTensor]:
         return [OutTensor(p.info.name, p.out_dtype, p.info.shape) for p in self.plan]
 
@@ -286,14 +320,17 @@ class Merger:
             writer.write(data)
             bar.update(data.numel() * data.element_size() if isinstance(data, torch.Tensor) else len(data))
 
-        jobs = [(p, first, rows) for p in self.plan for first, rows in self._ranges(p.info, p.whole)]
+        jobs = [(p, first, rows) for p in self.plan
+                for first, rows in ([(0, 0)] if p.spectral else self._ranges(p.info, p.whole))]
         try:
             for p, first, data in self._prefetch(jobs):
                 if first == 0:
                     writer.begin(p.info.name)
                     if p.merged:
                         self._begin_tensor(p)
-                if p.merged:
+                if p.spectral:
+                    self._merge_spectral(p, write)
+                elif p.merged:
                     self._merge_chunk(p, self._chunk(p.info, first, data), write)
                 else:
                     write(data)

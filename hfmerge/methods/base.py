@@ -67,6 +67,26 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Spectral:
+    """How a method merges a matrix it must see whole (SVD methods), in memory independent of the number of
+    experts: the engine gathers the input of ``finish`` and writes θ = θ₀ + finish(…) for the tensors where
+    ``applies(name, shape)``; every other tensor goes through ``merge`` by row chunks as usual.
+
+    Exactly one of: ``rows(chunk, params)``: rows of the matrix to decompose (e.g. Σ τᵢ, a merged task vector)
+    from a row chunk of every model, gathered into one fp32 buffer D on the device, then ``finish(D, params)``;
+    or ``expert(name, τᵢ, i, n, params)``: one expert's whole task vector at a time (read alone, wᵢ applied) reduced to
+    a part (e.g. its top singular triplets), then ``finish([parts], params)``. ``finish`` returns Δ (λ included).
+    Peak memory ≈ a few × the matrix (D or τᵢ, θ₀, the SVD's factors), never N × it. ``rule`` names the rule in
+    merge_report.json."""
+
+    rule: str
+    applies: Callable[[str, tuple[int, ...]], bool]
+    finish: Callable[[object, dict], torch.Tensor]
+    rows: Callable[[Chunk, dict], torch.Tensor] | None = None
+    expert: Callable[[str, torch.Tensor, int, int, dict], object] | None = None
+
+
+@dataclass(frozen=True)
 class Param:
     """One method parameter: default, type, and the interval or choices it must lie in."""
 
@@ -120,7 +140,8 @@ class Method:
     By default chunks may be any row range. ``whole(params)`` True declares that the method needs whole
     tensors (SVD methods, per-tensor statistics of τ): the engine then hands ``merge`` every merged tensor as
     ONE chunk (offset 0) holding the whole tensor of the base and of every expert, fp32 on the merge's
-    device; peak memory ≈ (N + 1) × that tensor plus the method's workspace (and the next tensor, read ahead)."""
+    device; peak memory ≈ (N + 1) × that tensor plus the method's workspace (and the next tensor, read ahead).
+    ``spectral(params)`` (a :class:`Spectral`) is the bounded-memory form for matrices."""
 
     name: str
     summary: str
@@ -133,6 +154,7 @@ class Method:
     min_experts: int = 1
     stats: Callable[[dict], Stats | None] = lambda params: None
     whole: Callable[[dict], bool] = lambda params: False
+    spectral: Callable[[dict], Spectral | None] = lambda params: None
 
     def resolve(self, given: dict) -> dict:
         """Defaults filled in, unknown names and out-of-range values refused."""

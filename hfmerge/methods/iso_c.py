@@ -3,21 +3,31 @@ Task-Specific Subspaces")."""
 
 import torch
 
-from hfmerge.methods.base import Chunk, Method, Param
-from hfmerge.methods.subspace import is_matrix, touched
+from hfmerge.methods.base import Chunk, Method, Param, Spectral
+from hfmerge.methods.subspace import is_matrix, is_matrix_name, touched
+
+
+def summed(chunk: Chunk, params: dict) -> torch.Tensor:
+    """Rows of Σ τᵢ."""
+    return chunk.task_vectors().sum(0)
+
+
+def isotropic(total: torch.Tensor, params: dict) -> torch.Tensor:
+    """λ·mean(σ)·U Vᵀ of Σ τᵢ = U diag(σ) Vᵀ (every singular value replaced by the mean of all r of them)."""
+    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    return (u @ vh).mul_(s.mean() * params["scaling"])
 
 
 def merge(chunk: Chunk, params: dict) -> torch.Tensor:
-    """Per matrix: Δ = Σ τᵢ = U diag(σ) Vᵀ; Δ_iso = mean(σ)·U Vᵀ (every singular value replaced by the mean of
-    all r of them); θ = θ₀ + λΔ_iso. Other tensors: θ₀ + λ·mean(τᵢ)."""
-    taus = chunk.task_vectors()
-    lam = params["scaling"]
+    """Per matrix (whole): θ = θ₀ + λ·mean(σ)·U Vᵀ of Σ τᵢ. Other tensors (any rows): θ₀ + λ·mean(τᵢ).
+    The engine merges matrices through :data:`SPECTRAL` (Σ τᵢ gathered from row chunks, one buffer)."""
     if not is_matrix(chunk):
-        return taus.mean(0).mul_(lam).add_(chunk.base)
-    u, s, vh = torch.linalg.svd(taus.sum(0), full_matrices=False)
+        return chunk.task_vectors().mean(0).mul_(params["scaling"]).add_(chunk.base)
     touched(chunk, "iso_c")
-    return (u @ vh).mul_(s.mean() * lam).add_(chunk.base)
+    return isotropic(summed(chunk, params), params).add_(chunk.base)
 
+
+SPECTRAL = Spectral("iso_c", is_matrix_name, finish=isotropic, rows=summed)
 
 METHOD = Method(
     name="iso_c",
@@ -28,5 +38,5 @@ METHOD = Method(
     params={"scaling": Param(1.0, "λ, the scale of the merged task vector", low=0.0, low_open=True)},
     merge=merge,
     weighted=False,
-    whole=lambda params: True,
+    spectral=lambda params: SPECTRAL,
 )

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from hfmerge.methods.base import Chunk, Param
+from hfmerge.methods.base import Chunk, Param, Spectral
 
 SUBSPACE_BOOST = Param(None, "β, Subspace Boosting's cumulative singular-value mass (off when unset; 1: no-op)",
                        low=0.0, high=1.0, low_open=True)
 
 
-def is_matrix(chunk: Chunk) -> bool:
+def is_matrix_name(name: str, shape: tuple[int, ...]) -> bool:
     """A 2-D tensor other than the embeddings and lm_head: where the spectral rules act."""
-    return chunk.base.dim() == 2 and "embed" not in chunk.name and "lm_head" not in chunk.name
+    return len(shape) == 2 and "embed" not in name and "lm_head" not in name
+
+
+def is_matrix(chunk: Chunk) -> bool:
+    """Whether the chunk's tensor is a matrix (a whole-tensor chunk's shape is the tensor's)."""
+    return is_matrix_name(chunk.name, tuple(chunk.base.shape))
 
 
 def touched(chunk: Chunk, rule: str) -> None:
@@ -44,6 +49,20 @@ def boost(delta: torch.Tensor, beta: float) -> torch.Tensor:
     mass = s.cumsum(0) / total
     j = min(int(torch.searchsorted(mass, torch.tensor([beta], dtype=mass.dtype, device=mass.device))), len(s) - 1)
     return (u * s.clamp_min(s[j])) @ vh
+
+
+def boost_spectral(rows) -> object:
+    """``spectral(params)`` of a method with Subspace Boosting: its merged task vector ``rows(chunk, params)``
+    (no base, no λ) gathered from row chunks, boosted, scaled by λ; None when β is unset or 1 (a no-op)."""
+
+    def spectral(params: dict) -> Spectral | None:
+        beta = params.get("subspace_boost")
+        if beta is None or beta >= 1.0:
+            return None
+        return Spectral("subspace_boost", is_matrix_name,
+                        finish=lambda d, p: boost(d, p["subspace_boost"]).mul_(p["scaling"]), rows=rows)
+
+    return spectral
 
 
 def boosted(combine, beta: float | None, chunk: Chunk):

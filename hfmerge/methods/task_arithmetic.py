@@ -4,7 +4,7 @@ import torch
 
 from hfmerge.methods import steps
 from hfmerge.methods.base import Chunk, Method, Param
-from hfmerge.methods.subspace import SUBSPACE_BOOST, boosted
+from hfmerge.methods.subspace import SUBSPACE_BOOST, boost_spectral, boosted
 
 SCALING = Param(1.0, "λ, the scale of the merged task vector", low=0.0, low_open=True)
 
@@ -13,6 +13,11 @@ def merge(chunk: Chunk, params: dict) -> torch.Tensor:
     """θ = θ₀ + λ Σ wᵢτᵢ (with Subspace Boosting β: θ₀ + λ·SB_β(Σ wᵢτᵢ) on matrices)."""
     combine = boosted(steps.combine_sum, params.get("subspace_boost"), chunk)
     return steps.task_vector_merge(chunk, [], combine, params["scaling"])
+
+
+def merged_task_vector(chunk: Chunk, params: dict) -> torch.Tensor:
+    """Rows of Σ wᵢτᵢ (what Subspace Boosting decomposes)."""
+    return chunk.task_vectors().sum(0)
 
 
 METHOD = Method(
@@ -24,5 +29,5 @@ METHOD = Method(
           "Skorobogat et al. 2025, Subspace-Boosted Model Merging (arXiv:2506.16506)",
     params={"scaling": SCALING, "subspace_boost": SUBSPACE_BOOST},
     merge=merge,
-    whole=lambda params: params.get("subspace_boost") is not None,
+    spectral=boost_spectral(merged_task_vector),
 )

@@ -4,7 +4,7 @@ import torch
 
 from hfmerge.methods import steps
 from hfmerge.methods.base import Chunk, Method, Param, Quantile
-from hfmerge.methods.subspace import SUBSPACE_BOOST, boosted
+from hfmerge.methods.subspace import SUBSPACE_BOOST, boost_spectral, boosted
 from hfmerge.methods.task_arithmetic import SCALING
 
 DENSITY = Param(0.2, "K, the fraction of each |τᵢ| kept", low=0.0, high=1.0, low_open=True)
@@ -16,11 +16,24 @@ def quantiles(params: dict) -> list[Quantile]:
     return [Quantile("trim", params["density"], params["topk_scope"])]
 
 
+def combiner(chunk: Chunk, params: dict) -> steps.Combine:
+    """How the agreeing entries are aggregated (``aggregate``)."""
+    return steps.combine_disjoint_mean if params["aggregate"] == "mean" else steps.combine_sum
+
+
+def merged_task_vector(chunk: Chunk, params: dict) -> torch.Tensor:
+    """Rows of the combined task vector, without θ₀ and λ (what Subspace Boosting decomposes)."""
+    taus = chunk.task_vectors()
+    m = None
+    for step in (steps.topk("trim"), steps.elect_sign):
+        m = step(taus, m, chunk)
+    return combiner(chunk, params)(taus, m)
+
+
 def merge(chunk: Chunk, params: dict) -> torch.Tensor:
     """Trim to the top-K of |τᵢ|, elect γ = sign(Σ τ̂ᵢ), combine the agreeing entries, θ₀ + λ·combined
     (with Subspace Boosting β, θ₀ + λ·SB_β(combined) on matrices: the final merged task vector is boosted)."""
-    combine = steps.combine_disjoint_mean if params["aggregate"] == "mean" else steps.combine_sum
-    combine = boosted(combine, params.get("subspace_boost"), chunk)
+    combine = boosted(combiner(chunk, params), params.get("subspace_boost"), chunk)
     return steps.task_vector_merge(chunk, [steps.topk("trim"), steps.elect_sign], combine, params["scaling"])
 
 
@@ -40,5 +53,5 @@ METHOD = Method(
     },
     merge=merge,
     quantiles=quantiles,
-    whole=lambda params: params.get("subspace_boost") is not None,
+    spectral=boost_spectral(merged_task_vector),
 )
