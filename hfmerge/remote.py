@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import mmap
 import os
 import re
 import shutil
@@ -56,6 +57,7 @@ MAX_BLOCK = 32 * MiB
 MIN_BLOCK = 256 << 10
 HEAD_BYTES = 256 << 10  # one speculative range per file covers the safetensors header of most checkpoints
 GAP_BYTES = 1 * MiB  # planned spans closer than this (and block/32) are fetched as one range (the gap is dropped)
+MMAP_BYTES = MiB  # ranges at least this large are held in anonymous mappings
 MAX_ATTEMPTS = 8  # per range, for 5xx / dropped connections without progress
 MAX_RATE_LIMIT_WAIT = 3600.0
 RETRY_STATUS = (500, 502, 503, 504)
@@ -150,7 +152,7 @@ class Block:
     index: int  # position in the reader's plan
     spill: bool
     state: str = "pending"  # pending | loading | ready | spilled | released | cancelled | failed
-    data: bytearray | None = None
+    data: bytearray | mmap.mmap | None = None
     error: BaseException | None = None
     fetched_once: bool = False
 
@@ -288,6 +290,7 @@ class Transfer:
                     self.in_memory -= b.size
                 else:
                     b.state, b.data = "ready", data
+                del data  # the block owns it now: dropping the block frees it
                 self.cv.notify_all()
 
     def wait_rate_limit(self) -> None:
@@ -555,14 +558,17 @@ class RemoteReader:
     def _url(self, file: str) -> str:
         return hf_hub_url(self.repo, file, revision=self.revision, repo_type=self.repo_type)
 
-    def fetch(self, file: str, start: int, end: int) -> bytearray:
-        """Bytes ``[start, end)`` of ``file``, surviving 429, 5xx, dropped connections and short bodies."""
-        buf = bytearray(end - start)
+    def fetch(self, file: str, start: int, end: int) -> bytearray | mmap.mmap:
+        """Bytes ``[start, end)`` of ``file``, surviving 429, 5xx, dropped connections and short bodies. Large
+        ranges land in anonymous mappings, returned to the OS as soon as they are dropped (heap blocks of this
+        size would stay resident)."""
+        buf = mmap.mmap(-1, end - start) if end - start >= MMAP_BYTES else bytearray(end - start)
         done, attempts = 0, 0
         while done < len(buf):
             st = self._state(file)
             if st.whole is not None:
-                return bytearray(_read_file_range(st.whole, start, end))
+                _pread_into(st.whole, start + done, memoryview(buf)[done:])
+                return buf
             try:
                 done += self._get_into(file, start + done, end, memoryview(buf)[done:])
                 attempts = 0
@@ -700,12 +706,6 @@ def _pread_into(path: Path | None, offset: int, dest: memoryview) -> int:
     if n != len(dest):
         raise HfMergeError(f"local copy {path} is truncated (wanted {len(dest)} bytes at {offset})")
     return n
-
-
-def _read_file_range(path: Path, start: int, end: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        return fh.read(end - start)
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:

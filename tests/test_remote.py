@@ -149,7 +149,8 @@ def test_503_cut_connections_and_short_bodies_are_retried(family_on_hub, tmp_pat
     assert report["transfer"]["retries"] >= c["failed"] + c["cut"]
 
 
-def test_small_budget_bounds_the_buffer(family_on_hub, tmp_path, local_hub):
+def test_small_budget_bounds_the_buffer(family_on_hub, tmp_path, local_hub, monkeypatch):
+    monkeypatch.setattr(remote, "MMAP_BYTES", 4096)  # blocks in anonymous mappings, as large ranges are
     remote.configure(read_ahead=96 << 10, connections=3, max_block=8 << 10, head_bytes=HEAD)
     try:
         report = local_and_remote(family_on_hub, tmp_path, "dare", {"drop_rate": 0.5})
