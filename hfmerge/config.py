@@ -15,7 +15,7 @@ DTYPE_ALIASES = {
     "float16": "float16", "fp16": "float16", "half": "float16",
     "float32": "float32", "fp32": "float32", "float": "float32",
 }
-KEYS = ("method", "base_model", "models", "parameters", "dtype", "skip", "seed")
+KEYS = ("method", "base_model", "models", "parameters", "dtype", "skip", "seed", "per_tensor", "mergekit_config")
 
 
 @dataclass
@@ -39,13 +39,15 @@ class MergeConfig:
     dtype: str | None = None  # output dtype; None keeps the base's. Compute is always fp32.
     skip: list[str] = field(default_factory=lambda: list(DEFAULT_SKIP))
     seed: int = 0
+    per_tensor: dict | None = None  # per-tensor settings (gradients, filters) of a mergekit config
+    mergekit_config: str | None = None  # the mergekit YAML this config was translated from, verbatim
 
     @classmethod
-    def from_dict(cls, d: object, origin: str = "config") -> MergeConfig:
+    def from_dict(cls, d: object, origin: str = "config", text: str | None = None) -> MergeConfig:
         if not isinstance(d, dict):
             raise HfMergeError(f"{origin}: expected a mapping with keys {', '.join(KEYS)}")
         if "merge_method" in d:
-            d = from_mergekit(d, origin)
+            d = from_mergekit(d, origin, text)
         d = _expand_aliases(d)
         d = _pin_revisions(d)
         unknown = sorted(set(d) - set(KEYS))
@@ -66,8 +68,11 @@ class MergeConfig:
         seed = d.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise HfMergeError(f"{origin}: 'seed' must be a non-negative integer")
+        per_tensor = d.get("per_tensor")
+        if per_tensor is not None and not isinstance(per_tensor, dict):
+            raise HfMergeError(f"{origin}: 'per_tensor' must be a mapping (layers, parameters, models)")
         return cls(str(d["method"]), str(d["base_model"]), models, dict(params), normalize_dtype(d.get("dtype")),
-                   list(skip), seed).validate()
+                   list(skip), seed, per_tensor, d.get("mergekit_config")).validate()
 
     def validate(self) -> MergeConfig:
         """Refuse an unknown method or parameter (naming the nearest valid one) before any source is opened."""
@@ -87,10 +92,10 @@ class MergeConfig:
             mark = getattr(e, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
             raise HfMergeError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(data, str(path), path.read_text())
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if v is not None or k not in ("per_tensor", "mergekit_config")}
         d["models"] = [
             {k: v for k, v in asdict(m).items() if v is not None and (k != "weight" or v != 1.0)} for m in self.models
         ]
@@ -156,63 +161,9 @@ def _model_ref(m: object, origin: str) -> ModelRef:
 
 # ---- mergekit-style configs ------------------------------------------------------------------------------
 
-MERGEKIT_METHODS = {"linear": "soup", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare_linear": "dare"}
 
+def from_mergekit(d: dict, origin: str, text: str | None = None) -> dict:
+    """Translate a mergekit YAML to the hfmerge config meaning the same (hfmerge.mergekit_config)."""
+    from hfmerge.mergekit_config import translate
 
-def from_mergekit(d: dict, origin: str) -> dict:
-    """Translate a mergekit YAML where hfmerge computes the same thing; refuse with the reason otherwise."""
-    def refuse(why: str) -> HfMergeError:
-        return HfMergeError(f"{origin}: mergekit config not translatable: {why}")
-
-    method = d["merge_method"]
-    if method not in MERGEKIT_METHODS:
-        raise refuse(f"merge_method {method!r} has no hfmerge equivalent "
-                     f"(translatable: {', '.join(MERGEKIT_METHODS)})")
-    for key in ("slices", "tokenizer", "chat_template"):
-        if key in d:
-            raise refuse(f"{key!r} is not supported (hfmerge merges whole models and keeps the base tokenizer)")
-    if d.get("tokenizer_source", "base") != "base":
-        raise refuse("tokenizer_source must be base (hfmerge keeps the base tokenizer and embeddings)")
-    base = d.get("base_model")
-    if not base:
-        raise refuse("base_model is required (hfmerge keeps the base's embeddings, config and tokenizer)")
-    glob = dict(d.get("parameters") or {})
-    normalize = glob.pop("normalize", method in ("ties", "linear"))
-    scaling = glob.pop("lambda", 1.0)
-    glob.pop("int8_mask", None)
-    rescale = glob.pop("rescale", True)
-    models, per_model = [], []
-    for m in d.get("models") or []:
-        if m.get("model") == base:
-            continue
-        p = dict(m.get("parameters") or {}, **{k: v for k, v in glob.items() if k not in (m.get("parameters") or {})})
-        if any(isinstance(v, list | dict) for v in p.values()):
-            raise refuse(f"per-layer parameter gradients (model {m.get('model')}) are not supported")
-        per_model.append(p)
-        models.append({"model": m.get("model"), "weight": p.pop("weight", 1.0)})
-    params: dict = {}
-    if method in ("ties", "dare_linear"):
-        densities = {p.pop("density", 1.0) for p in per_model}
-        if len(densities) > 1:
-            raise refuse(f"per-model densities {sorted(densities)} differ; hfmerge uses one density")
-        density = densities.pop() if densities else 1.0
-        if method == "ties":
-            params = {"density": density, "aggregate": "mean" if normalize else "sum", "topk_scope": "tensor"}
-        else:
-            if not rescale:
-                raise refuse("dare_linear with rescale: false is not DARE")
-            params = {"drop_rate": 1.0 - density}
-        normalize = normalize and method != "ties"
-    leftover = sorted({k for p in per_model for k in p})
-    if leftover:
-        raise refuse(f"parameter {leftover[0]!r} has no hfmerge equivalent for {method}")
-    if method != "linear":
-        params["scaling"] = scaling
-        if normalize:
-            total = sum(m["weight"] for m in models)
-            for m in models:
-                m["weight"] /= total
-    out = {"method": MERGEKIT_METHODS[method], "base_model": base, "models": models, "parameters": params}
-    if d.get("out_dtype") or d.get("dtype"):
-        out["dtype"] = d.get("out_dtype") or d.get("dtype")
-    return out
+    return translate(d, origin, text)

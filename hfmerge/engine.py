@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from hfmerge.config import MergeConfig
 from hfmerge.errors import HfMergeError
+from hfmerge.mergekit_config import TensorParameters
 from hfmerge.methods.base import Chunk, Method, Quantile
 from hfmerge.methods.registry import get_method
 from hfmerge.methods.selection import RadixSelect, high_bits, kth_smallest, rank_for_density
@@ -42,6 +43,11 @@ class PlannedTensor:
     out_dtype: str
     whole: bool = False  # read in one piece: the method needs whole tensors, or its per-tensor top-k fits in memory
     spectral: bool = False  # a matrix of the method's Spectral rule (read and merged by _merge_spectral)
+
+
+def density_of(q: Quantile, task: int) -> float:
+    """A quantile's density for one task (per-expert densities come as a tuple)."""
+    return q.density[task] if isinstance(q.density, tuple) else q.density
 
 
 def reuse_freed_memory() -> None:
@@ -124,6 +130,8 @@ class Merger:
         self.progress = progress
         self.weights = [m.weight for m in config.models]
         merged = set(validate(base, experts, config.skip))
+        self.tensor_params = TensorParameters(config.per_tensor, self.method, self.params, self.weights, sorted(merged),
+                                              base.config.get("num_hidden_layers")) if config.per_tensor else None
         self.out_dtype_name = resolve_dtype(config, base)
         out_dtype = DTYPE_NAMES[getattr(torch, self.out_dtype_name)]
         self.quantiles: list[Quantile] = self.method.quantiles(self.params)
@@ -189,6 +197,19 @@ class Merger:
                     pending = pool.submit(self._read_job, *jobs[i + 1])
                 yield p, first, data
 
+    def params_for(self, name: str) -> dict:
+        """The method's parameters for one tensor: the per-tensor ones of a mergekit config (gradients, filters;
+        per-expert values as tuples), else the global ones."""
+        return self.tensor_params.table[name].params if self.tensor_params else self.params
+
+    def _weights_for(self, name: str) -> list[float]:
+        return self.tensor_params.table[name].weights if self.tensor_params else self.weights
+
+    def _local_for(self, name: str) -> list[Quantile]:
+        if not self.tensor_params:
+            return self.local
+        return [q for q in self.method.quantiles(self.params_for(name)) if q.scope == "tensor"]
+
     def _chunk(self, info: TensorInfo, first: int, data) -> Chunk:
         """The chunk of rows read by :meth:`_read` (``memo`` is renewed at each tensor's first row)."""
         fp32, stats = data
@@ -196,8 +217,8 @@ class Merger:
             self._memo = {}
         if not self.rowwise_stats:
             stats = self._whole_stats
-        return Chunk(info.name, first * info.row_numel, fp32[0], fp32[1:], self.weights, self.config.seed,
-                     self.thresholds, stats, self._memo)
+        return Chunk(info.name, first * info.row_numel, fp32[0], fp32[1:], self._weights_for(info.name),
+                     self.config.seed, self.thresholds, stats, self._memo)
 
     def _chunks(self, infos: list[TensorInfo]) -> Iterator[Chunk]:
         """Chunks of the given tensors in order, read ahead."""
@@ -223,8 +244,8 @@ class Merger:
                 stack, _ = self._read(info.name, row, 1)
                 samples.append((stack[1:] - stack[0]).abs().reshape(len(self.experts), -1))
         mags = torch.cat(samples, dim=1) * torch.tensor(self.weights).abs().view(-1, 1)
-        return {q.key: [high_bits(kth_smallest(m, rank_for_density(m.numel(), q.density))) for m in mags]
-                for q in quantiles}
+        return {q.key: [high_bits(kth_smallest(m, rank_for_density(m.numel(), density_of(q, i))))
+                        for i, m in enumerate(mags)] for q in quantiles}
 
     def _select(self, infos: list[TensorInfo], quantiles: list[Quantile], label: str) -> None:
         """Exact per-task thresholds of |τᵢ| over ``infos`` for each quantile, into self.thresholds."""
@@ -242,8 +263,8 @@ class Merger:
                 bar.update()
             bar.close()
             if pass_no == 1:
-                again = [sel.choose_bucket(rank_for_density(sel.n, q.density))
-                         for q in quantiles for sel in selectors[q.key]]
+                again = [sel.choose_bucket(rank_for_density(sel.n, density_of(q, i)))
+                         for q in quantiles for i, sel in enumerate(selectors[q.key])]
                 if not any(again):
                     break
         for q in quantiles:
@@ -253,7 +274,7 @@ class Merger:
     def _begin_tensor(self, p: PlannedTensor) -> None:
         """Per-tensor preparation of a merged tensor: its streaming top-k thresholds, its whole statistics."""
         if self.local and not p.whole:
-            self._select([p.info], self.local, f"top-k {p.info.name}")
+            self._select([p.info], self._local_for(p.info.name), f"top-k {p.info.name}")
         if self.stats and not self.rowwise_stats:
             self._whole_stats = [s.read(p.info.name).to(self.device, torch.float32) if p.info.name in s.tensors
                                  else None for s in self.stats]
@@ -261,15 +282,14 @@ class Merger:
     def _merge_chunk(self, p: PlannedTensor, chunk: Chunk, write) -> None:
         pieces = [chunk]
         if p.whole:  # exact thresholds from the whole tensor in memory, then merged by chunks
-            taus = chunk.task_vectors()
-            for q in self.local:
-                k = rank_for_density(taus[0].numel(), q.density)
-                self.thresholds[q.key] = torch.tensor([kth_smallest(t.abs(), k) for t in taus])
+            for q in self._local_for(p.info.name):  # τ only when thresholds need it (slerp needs the raw θᵢ)
+                self.thresholds[q.key] = torch.tensor([kth_smallest(t.abs(), rank_for_density(t.numel(), density_of(
+                    q, i))) for i, t in enumerate(chunk.task_vectors())])
             if not self.whole_method and len(ranges := self._ranges(p.info)) > 1:
                 pieces = [chunk.rows(first, rows) for first, rows in ranges]
         dtype = DTYPES[p.out_dtype]
         for piece in pieces:
-            write(self.method.merge(piece, self.params).to(dtype).cpu())
+            write(self.method.merge(piece, self.params_for(p.info.name)).to(dtype).cpu())
         if (rule := chunk.memo.pop("spectral_rule", None)) is not None:
             self.spectral.setdefault(rule, []).append(p.info.name)
 

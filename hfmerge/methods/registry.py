@@ -1,12 +1,17 @@
 """Methods by name."""
 
 from hfmerge.methods import (
+    breadcrumbs,
     consensus,
     dare,
+    dare_ties,
+    della,
     fisher,
     iso_c,
     localize_stitch,
+    model_stock,
     regmean,
+    slerp,
     soup,
     task_arithmetic,
     ties,
@@ -19,6 +24,8 @@ METHODS: dict[str, Method] = {
     m.METHOD.name: m.METHOD for m in (soup, task_arithmetic, ties, dare, consensus, localize_stitch, fisher, regmean)
 }
 METHODS.update({m.METHOD.name: m.METHOD for m in (tsv_m, iso_c)})
+METHODS.update({m.name: m for m in (slerp.METHOD, dare_ties.METHOD, breadcrumbs.METHOD, breadcrumbs.TIES_METHOD,
+                                     della.METHOD, della.LINEAR_METHOD, model_stock.METHOD)})
 
 
 def get_method(name: str) -> Method:

@@ -9,11 +9,13 @@ tested once, and TIES, DARE, Consensus and Localize-and-Stitch are short pipelin
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 
 from hfmerge.methods.base import Chunk
+from hfmerge.methods.selection import kth_smallest
 
 Mask = torch.Tensor | None
 Step = Callable[[torch.Tensor, Mask, Chunk], Mask]
@@ -54,8 +56,14 @@ def dare_keep(seed: int, name: str, task: int, offset: int, numel: int, drop_rat
     Draws are made per fixed block of RNG_BLOCK elements from a generator seeded by (seed, tensor name,
     task, block), so the mask depends on nothing but the seed and the element's position: not on chunk
     size, thread count or device."""
+    return uniform15(seed, name, task, offset, numel) >= round(drop_rate * (1 << 15))
+
+
+def uniform15(seed: int, name: str, task: int, offset: int, numel: int) -> torch.Tensor:
+    """15-bit uniforms (int16 in [0, 2¹⁵)) for elements [offset, offset+numel) of one task's tensor: a quarter
+    of a 64-bit draw each (top bit dropped), drawn per block of RNG_BLOCK elements from a generator seeded by
+    (seed, tensor name, task, block)."""
     first, last = offset // RNG_BLOCK, (offset + numel - 1) // RNG_BLOCK
-    cut = round(drop_rate * (1 << 15))
     parts = []
     gen = torch.Generator()
     for b in range(first, last + 1):
@@ -63,7 +71,7 @@ def dare_keep(seed: int, name: str, task: int, offset: int, numel: int, drop_rat
         start = max(offset, b * RNG_BLOCK) - b * RNG_BLOCK
         stop = min(offset + numel, (b + 1) * RNG_BLOCK) - b * RNG_BLOCK
         words = torch.empty((stop + 3) // 4, dtype=torch.int64).random_(generator=gen)  # a prefix of the block's
-        parts.append(words.view(torch.int16)[start:stop].bitwise_and(0x7FFF) >= cut)
+        parts.append(words.view(torch.int16)[start:stop].bitwise_and(0x7FFF))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -80,6 +88,105 @@ def dare(drop_rate: float) -> Step:
         return m
 
     return step
+
+
+def per_task(value: float | Sequence[float], n: int) -> list[float]:
+    """A parameter given once or per task (a tuple), as one value per task."""
+    return list(value) if isinstance(value, tuple | list) else [value] * n
+
+
+def _rank_value(mags: torch.Tensor, k: int) -> float:
+    """The k-th smallest (1-based) of a task's magnitudes; −inf below rank 1, +inf from rank n on."""
+    if k <= 0:
+        return -math.inf
+    return math.inf if k >= mags.numel() else kth_smallest(mags, k)
+
+
+def magnitude_band(density: float | Sequence[float], gamma: float | Sequence[float] = 0.0) -> Step:
+    """Magnitude pruning over the WHOLE tensor (the chunk must be one): per task, of n entries, keep the
+    t = ⌊d·n⌋ largest |τᵢ| after dropping the ⌊γ·n⌋ largest (Model Breadcrumbs; γ = 0: TIES trimming), i.e. the
+    ranks (n_bot, n_bot + t] in ascending order, n_bot = max(0, n − t − ⌊γ·n⌋); d ≥ 1 keeps everything."""
+
+    def step(taus: torch.Tensor, m: Mask, chunk: Chunk) -> Mask:
+        keep = torch.ones_like(taus, dtype=torch.bool)
+        for i, (d, g) in enumerate(zip(per_task(density, len(taus)), per_task(gamma, len(taus)), strict=True)):
+            if d >= 1:
+                continue
+            mags, n = taus[i].abs(), taus[i].numel()
+            target = max(1, math.floor(d * n)) if d > 0 else 0
+            bottom = max(0, n - target - math.floor(g * n))
+            keep[i] = (mags > _rank_value(mags, bottom)) & (mags <= _rank_value(mags, bottom + target))
+        return _select(taus, m, keep)
+
+    return step
+
+
+def bernoulli(density: float | Sequence[float]) -> Step:
+    """Random pruning (DARE's drop, without its 1/(1−p) rescale): keep each entry of τᵢ with probability dᵢ
+    (seeded per tensor, task and block of elements, as :func:`dare_keep`); d ≥ 1 keeps everything."""
+
+    def step(taus: torch.Tensor, m: Mask, chunk: Chunk) -> Mask:
+        keep = torch.ones_like(taus, dtype=torch.bool)
+        for i, d in enumerate(per_task(density, len(taus))):
+            if d < 1:
+                keep[i] = dare_keep(chunk.seed, chunk.name, i, chunk.offset, taus[i].numel(),
+                                    1.0 - d).view(taus.shape[1:]).to(taus.device)
+        return _select(taus, m, keep)
+
+    return step
+
+
+def della_keep(density: float | Sequence[float], epsilon: float | Sequence[float]) -> Step:
+    """DELLA's MagPrune over the WHOLE tensor: within each row (a vector is one row), the entry of ascending
+    magnitude rank r of c gets keep probability pᵣ = d − ε + 2ε·(r − 1)/(c − 1); kept entries are drawn from
+    seeded 15-bit uniforms (keep when u < pᵣ·2¹⁵)."""
+
+    def step(taus: torch.Tensor, m: Mask, chunk: Chunk) -> Mask:
+        keep = torch.ones_like(taus, dtype=torch.bool)
+        for i, (d, e) in enumerate(zip(per_task(density, len(taus)), per_task(epsilon, len(taus)), strict=True)):
+            if d >= 1:
+                continue
+            rows = taus[i].reshape(1, -1) if taus[i].dim() < 2 else taus[i].reshape(taus[i].shape[0], -1)
+            ranks = rows.abs().argsort(dim=1).argsort(dim=1).to(torch.float32)  # 0-based ascending rank
+            cols = rows.shape[1]
+            probs = (d - e) + (ranks / (cols - 1) if cols > 1 else torch.zeros_like(ranks)) * (2 * e)
+            u = uniform15(chunk.seed, chunk.name, i, chunk.offset, rows.numel()).view_as(rows).to(rows.device)
+            keep[i] = (u < probs * (1 << 15)).view(taus.shape[1:])
+        return _select(taus, m, keep)
+
+    return step
+
+
+def l1_rescaled(step: Step) -> Step:
+    """Run a pruning step, then scale each task's survivors so that ‖τ̃ᵢ‖₁ = ‖τᵢ‖₁ over the WHOLE tensor
+    (mergekit's ``rescale``; left unscaled where either norm is below 1e-7)."""
+
+    def wrapped(taus: torch.Tensor, m: Mask, chunk: Chunk) -> Mask:
+        dims = tuple(range(1, taus.dim()))
+        before = taus.abs().sum(dims) if dims else taus.abs()
+        m = step(taus, m, chunk)
+        after = taus.abs().sum(dims) if dims else taus.abs()
+        scale = torch.where((before >= 1e-7) & (after >= 1e-7), before / after.clamp_min(1e-30), 1.0)
+        taus.mul_(_per_task(scale, taus))
+        return m
+
+    return wrapped
+
+
+def combine_normalized(weights: Sequence[float], consensus: bool) -> Combine:
+    """mergekit's ``normalize``: Σᵢ τ̂ᵢ / Σᵢ wᵢ (linear combination), or with sign consensus per entry
+    Σᵢ τ̂ᵢ / Σᵢ wᵢ·1{i selected} (a divisor of 0 is taken as 1)."""
+
+    def combine(taus: torch.Tensor, m: Mask) -> torch.Tensor:
+        if consensus and m is not None:
+            w = _per_task(torch.tensor(weights, dtype=taus.dtype), taus)
+            divisor = (m * w).sum(0)
+            divisor[divisor == 0] = 1
+            return taus.sum(0).div_(divisor)
+        total = sum(weights)
+        return taus.sum(0).div_(total if abs(total) >= 1e-8 else 1.0)
+
+    return combine
 
 
 def consensus(mask_lambda: float, k: int) -> Step:

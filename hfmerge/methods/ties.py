@@ -18,7 +18,8 @@ def quantiles(params: dict) -> list[Quantile]:
 
 def combiner(chunk: Chunk, params: dict) -> steps.Combine:
     """How the agreeing entries are aggregated (``aggregate``)."""
-    return steps.combine_disjoint_mean if params["aggregate"] == "mean" else steps.combine_sum
+    return {"mean": steps.combine_disjoint_mean, "sum": steps.combine_sum,
+            "weighted": steps.combine_normalized(chunk.weights, consensus=True)}[params["aggregate"]]
 
 
 def merged_task_vector(chunk: Chunk, params: dict) -> torch.Tensor:
@@ -46,8 +47,9 @@ METHOD = Method(
     params={
         "density": DENSITY,
         "scaling": SCALING,
-        "aggregate": Param("sum", "sum (MergeBench code) or disjoint mean (TIES paper, mergekit)", kind=str,
-                           choices=("sum", "mean")),
+        "aggregate": Param("sum", "sum (MergeBench code), disjoint mean (TIES paper) or weighted: Σ wᵢτ̂ᵢ / Σ wᵢ "
+                           "over the agreeing tasks (mergekit's normalize)", kind=str,
+                           choices=("sum", "mean", "weighted")),
         "topk_scope": SCOPE,
         "subspace_boost": SUBSPACE_BOOST,
     },
