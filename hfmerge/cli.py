@@ -10,7 +10,6 @@ import typer
 import yaml
 
 from hfmerge.cli_base import CONTEXT_SETTINGS, HfMergeGroup, examples, show_version, usage_error
-from hfmerge.errors import HfMergeError
 
 app = typer.Typer(cls=HfMergeGroup, context_settings=CONTEXT_SETTINGS, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
@@ -30,7 +29,7 @@ def parse_sets(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise HfMergeError(f"--set {pair!r} must look like name=value, e.g. --set density=0.2")
+            raise usage_error(f"--set {pair!r} must look like name=value, e.g. --set density=0.2")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -63,7 +62,7 @@ def merge(
     from hfmerge.config import MergeConfig
     from hfmerge.job import merge as run_merge
 
-    args = list(args or [])
+    args, sets = list(args or []), parse_sets(set_ or [])
     if models:
         if not (method and base):
             raise usage_error("the flag form needs --method, --base and --models")
@@ -73,7 +72,7 @@ def merge(
         if len(args) != 1 or method or base:
             raise usage_error("give one CONFIG.yaml, or --method/--base/--models")
         config = MergeConfig.from_file(args[0])
-    config.parameters.update(parse_sets(set_ or []))
+    config.parameters.update(sets)
     config.validate()  # method and parameters, before any source is opened
     if dtype:
         from hfmerge.config import normalize_dtype

@@ -75,12 +75,27 @@ def _reword(e: click_exceptions.ClickException) -> click_exceptions.ClickExcepti
     return e
 
 
+def _command_context(ctx: Any, words: list[str]) -> Any:
+    """The context of the deepest (sub)command named in ``words``, for its usage line."""
+    for word in words:
+        cmd = ctx.command.get_command(ctx, word) if hasattr(ctx.command, "get_command") else None
+        if cmd is None:
+            break
+        ctx = cmd.make_context(word, [], parent=ctx, resilient_parsing=True)
+    return ctx
+
+
 class HfMergeGroup(TyperGroup):
     """The root command group: turns every way a command can end into its message and exit status."""
 
     def invoke(self, ctx: Any) -> Any:
+        words = [*getattr(ctx, "_protected_args", []), *ctx.args]  # the command line below this group
         try:
             return super().invoke(ctx)
+        except click_exceptions.UsageError as e:
+            if e.ctx is None:  # click's parser raises some (an option without its value) without their command
+                e.ctx = _command_context(ctx, words)
+            raise
         except (click_exceptions.ClickException, typer.Exit, typer.Abort):
             raise  # usage errors and explicit exits: handled by main()
         except HfMergeError as e:

@@ -88,7 +88,7 @@ def report(
     for item in expert:
         name, sep, path = item.partition("=")
         if not sep:
-            raise HfMergeError(f"--expert {item!r} must look like DOMAIN=results.json")
+            raise usage_error(f"--expert {item!r} must look like DOMAIN=results.json")
         experts[require("domain", name, domains, " in --expert")] = load_results(path)
     base_results = load_results(base)
     forget = [t for t in (forgetting or "").split(",") if t]

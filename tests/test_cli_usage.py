@@ -122,6 +122,17 @@ def test_option_typo_suggests_the_option(case):
         assert "(did you mean " in last and opt in last, last
 
 
+def _value_options(cmd) -> list[str]:
+    return [p.opts[0] for p in cmd.params if p.param_type_name == "option" and not getattr(p, "is_flag", False)]
+
+
+@pytest.mark.parametrize("case", [c for c in LEAVES if _value_options(c[1])], ids=_id)
+def test_option_without_its_value(case):
+    path, cmd = case
+    for opt in _value_options(cmd)[:2]:
+        assert_usage_error(*invoke(*path, opt), f"Option '{opt}' requires an argument")
+
+
 def _required(cmd) -> list:
     return [p for p in cmd.params if p.required]
 
@@ -174,6 +185,12 @@ def test_usage_errors_of_the_commands_themselves(tmp_path):
     assert_usage_error(*invoke("merge", "--method", "ties", "-o", tmp_path / "o"), "give one CONFIG.yaml")
     assert_usage_error(*invoke("merge", "--models", "a/b", "-o", tmp_path / "o"), "the flag form needs")
     assert_usage_error(*invoke("tune", tmp_path / "c.yaml", "-o", tmp_path / "o"), "exactly one of --suite")
+    assert_usage_error(*invoke("merge", "c.yaml", "-o", tmp_path / "o", "--set", "densty"),
+                       "--set 'densty' must look like name=value")
+    assert_usage_error(*invoke("report", "m.json", "--base", "b.json", "--expert", "math", "--suite", "mini"),
+                       "--expert 'math' must look like DOMAIN=results.json")
+    assert_usage_error(*invoke("stats", "fisher", "m", "--data", "d", "-o", tmp_path / "o", "--samples", "many"),
+                       "Invalid value for '--samples'")
     code, out, err = invoke()  # no command: the help, as a usage error
     assert code == 2 and "Usage: hfmerge" in out + err and "Traceback" not in out + err
 
