@@ -25,15 +25,10 @@ def _link(ref: str) -> str:
 
 
 def _eval_results(results: dict) -> list[EvalResult]:
-    out = []
-    for task, metrics in sorted((results.get("tasks") or {}).items()):
-        for metric, value in sorted(metrics.items()):
-            if metric.endswith("_stderr") or not isinstance(value, int | float):
-                continue
-            out.append(EvalResult(task_type="text-generation", dataset_type=task.split("|")[0],
-                                  dataset_name=task, metric_type=metric, metric_value=float(value),
-                                  source_name="lighteval", source_url="https://github.com/huggingface/lighteval"))
-    return out
+    """model-index entries naming each benchmark's Hub dataset (hfmerge.eval_results)."""
+    from hfmerge.eval_results import model_index
+
+    return model_index(results)
 
 
 def _results_markdown(results: dict) -> str:
@@ -53,6 +48,10 @@ def _results_markdown(results: dict) -> str:
     if shown:
         lines += ["", "| measure | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in shown]
+    protocols = results.get("protocols") or {}
+    if protocols:
+        lines += ["", "How tasks ran (where it differs from lighteval's defaults):"]
+        lines += [f"- {task}: {how}" for task, how in sorted(protocols.items())]
     per_domain = {k: v for k, v in (results.get("normalized") or {}).items() if k != "mean"}
     if per_domain:
         lines += ["", "Normalized performance per domain (merged / expert): "

@@ -33,6 +33,15 @@ def eval_command(
     dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
     data_dir: Annotated[Path | None, typer.Option(help="local copies of the datasets, Hub-repo layout")] = None,
     list_suites: Annotated[bool, typer.Option("--list-suites", help="list the suites and their tasks")] = False,
+    allow_code_execution: Annotated[bool, typer.Option(
+        "--allow-code-execution", help="run model-written programs (coding tasks): each in its own limited, "
+        "timed-out process; not a security sandbox")] = False,
+    code_samples: Annotated[int, typer.Option(help="completions per coding problem: 1 = greedy pass@1, 10 = "
+                                                   "MergeBench's protocol (T=0.2, top_p=0.95)")] = 1,
+    safety_judge: Annotated[str, typer.Option(help="wildguard (allenai/wildguard, a GPU job) | strmatch (XSTest's "
+                                                   "refusal string match: a CPU proxy)")] = "wildguard",
+    judge_model: Annotated[str | None, typer.Option(help="WildGuard folder or Hub id (default allenai/wildguard)")]
+    = None,
 ) -> None:
     """Evaluate a model with lighteval (offline when the data is local)."""
     from hfmerge.eval.suites import describe, get_suite
@@ -53,7 +62,9 @@ def eval_command(
     if custom is not None and not Path(custom).is_file():
         raise HfMergeError(f"custom tasks file {custom} does not exist")
     result = evaluate(_model_arg(model), spec, output, custom_tasks=custom, limit=limit, batch_size=batch_size,
-                      dtype=dtype, suite=suite, data_dir=data_dir, multilingual=multilingual)
+                      dtype=dtype, suite=suite, data_dir=data_dir, multilingual=multilingual,
+                      allow_code_execution=allow_code_execution, code_samples=code_samples,
+                      safety_judge=safety_judge, judge_model=judge_model)
     for task, metrics in result["tasks"].items():
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if not k.endswith("_stderr"))
         typer.echo(f"{task:40s} {shown}")
@@ -74,10 +85,10 @@ def report(
     from hfmerge.eval.suites import get_suite
     from hfmerge.suggest import require
 
-    domains, metric, typed = {}, {}, []
+    domains, metric, typed, low = {}, {}, [], ()
     if suite:
         s = get_suite(suite)
-        domains, metric = dict(s.domains), dict(s.metric)
+        domains, metric, low = dict(s.domains), dict(s.metric), s.lower_is_better
     for item in domain or []:
         name, _, tasks = item.partition("=")
         domains[name] = [t for t in tasks.split(",") if t]
@@ -95,7 +106,8 @@ def report(
     scored = {k.split("|")[0] for r in (base_results, *experts.values()) for k in r["tasks"]}
     for task in [*typed, *forget]:  # a misspelt task would silently drop out of the measures
         require("task", task, sorted(scored), " in the base's and experts' results")
-    rows = {Path(m).parent.name or str(m): measures(load_results(m), base_results, experts, domains, forget, metric)
+    rows = {Path(m).parent.name or str(m): measures(load_results(m), base_results, experts, domains, forget, metric,
+                                                           low)
             for m in merges}
     typer.echo(table(rows))
     if output:
@@ -113,6 +125,10 @@ def tune(
     limit: Annotated[int | None, typer.Option(help="at most N samples per task")] = None,
     batch_size: Annotated[int, typer.Option(help="batch size")] = 8,
     data_dir: Annotated[Path | None, typer.Option(help="local copies of the datasets, Hub-repo layout")] = None,
+    allow_code_execution: Annotated[bool, typer.Option(
+        "--allow-code-execution", help="run model-written programs (coding validation tasks)")] = False,
+    safety_judge: Annotated[str, typer.Option(help="wildguard | strmatch (CPU proxy)")] = "wildguard",
+    judge_model: Annotated[str | None, typer.Option(help="WildGuard folder or Hub id")] = None,
 ) -> None:
     """Grid-search a method's parameters on validation tasks; writes the best config and the cost."""
     from hfmerge.config import MergeConfig
@@ -127,8 +143,13 @@ def tune(
     if suite:
         s = get_suite(suite)
         spec, custom, metric = s.spec, custom_tasks or s.custom_tasks, s.metric
+    from hfmerge.eval import code_exec, coding
+
+    if not allow_code_execution and {t.split("|")[0] for t in spec.split(",")} & set(coding.TIMEOUT):
+        raise HfMergeError(code_exec.REFUSAL)  # before any candidate is merged
     scorer = suite_scorer(cfg, spec, output / "evaluations", custom_tasks=custom, limit=limit, batch_size=batch_size,
-                          metric=metric, data_dir=data_dir)
+                          metric=metric, data_dir=data_dir, allow_code_execution=allow_code_execution,
+                          safety_judge=safety_judge, judge_model=judge_model)
     result = run_tune(cfg, parse_grid(grid) if grid else None, scorer)
     best = write_results(result, cfg, output)
     typer.echo(result.table())

@@ -145,7 +145,7 @@ def _base_tensors(config: MergeConfig) -> tuple[dict[str, torch.Tensor], dict[st
 
 
 def suite_scorer(config: MergeConfig, tasks: str, out: Path, *, custom_tasks=None, limit: int | None = None,
-                 batch_size: int = 8, metric: dict[str, str] | None = None, data_dir=None) -> Scorer:
+                 batch_size: int = 8, metric: dict | None = None, data_dir=None, **eval_options) -> Scorer:
     """Score = mean over the validation tasks of each task's metric that counts, evaluated by lighteval on
     the candidate in memory."""
     from hfmerge.eval.runner import InMemory, build_model, evaluate
@@ -157,7 +157,8 @@ def suite_scorer(config: MergeConfig, tasks: str, out: Path, *, custom_tasks=Non
         i = next(counter)
         model = build_model(config.base_model, state)
         res = evaluate(InMemory(model, config.base_model, f"candidate-{i}"), tasks, out / f"candidate-{i}",
-                       custom_tasks=custom_tasks, limit=limit, batch_size=batch_size, data_dir=data_dir)
+                       custom_tasks=custom_tasks, limit=limit, batch_size=batch_size, data_dir=data_dir,
+                       **eval_options)  # allow_code_execution, safety_judge, judge_model
         values = [task_score(res, key.split("|")[0], metric) for key in res["tasks"]]
         values = [v for v in values if v is not None]
         if not values:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -190,6 +191,10 @@ def load_folder(folder: Path, source: str = "local") -> dict | None:
     report, p1 = _read_json(folder / "merge_report.json")
     config, p2 = _read_yaml(folder / "hfmerge.yaml")
     results, p3 = _read_json(folder / "results.json")
+    if results is None and p3 is None:  # a pulled model repo: its .eval_results/*.yaml and card model-index
+        from hfmerge.eval_results import read_results
+
+        results = read_results(folder)
     scores, p4 = _read_json(folder / "scores.json")
     problems = [p for p in (p1, p2, p3, p4) if p]
     if report is None and config is None and results is None and scores is None and not problems:
@@ -199,19 +204,39 @@ def load_folder(folder: Path, source: str = "local") -> dict | None:
     return make_row(folder.name, source, report, config, results, scores, problems=problems)
 
 
+DEPLOYED_RESULTS = HERE / "results"  # what `hfmerge space deploy` ships
+
+
 def results_dir() -> Path:
-    return Path(os.environ.get("HFMERGE_RESULTS") or SAMPLE_RESULTS).expanduser()
+    """HFMERGE_RESULTS, else the deployed results/ beside the app, else the bundled sample."""
+    env = os.environ.get("HFMERGE_RESULTS")
+    if env:
+        return Path(env).expanduser()
+    return DEPLOYED_RESULTS if DEPLOYED_RESULTS.is_dir() else SAMPLE_RESULTS
+
+
+def _merge_folders(root: Path) -> list[Path]:
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and any((d / f).is_file() for f in HUB_FILES)]
+
+
+def resolve_results(root: Path) -> Path:
+    """A `hfmerge demo` work folder (``demo_out``) holds its merges in ``results/``: use that."""
+    if root.is_dir() and not _merge_folders(root) and (root / "results").is_dir():
+        return root / "results"
+    return root
 
 
 def load_results_folder(path: str | Path | None = None) -> tuple[list[dict], str]:
-    """Rows of every merge sub-folder of ``path`` (default: HFMERGE_RESULTS, else the bundled sample) and a
-    notice for the page ("" when all is well)."""
-    root = Path(path).expanduser() if path else results_dir()
+    """Rows of every merge sub-folder of ``path`` (default: :func:`results_dir`) and a notice for the page
+    ("" when all is well)."""
+    root = resolve_results(Path(path).expanduser() if path else results_dir())
     if not root.is_dir():
-        return [], f"Results folder `{root}` does not exist: no results yet."
+        return [], (f"Results folder `{root}` does not exist: set HFMERGE_RESULTS to a folder written by "
+                    "`hfmerge demo` (demo_out) or `hfmerge eval`.")
     rows = [r for d in sorted(root.iterdir()) if d.is_dir() and (r := load_folder(d)) is not None]
     if not rows:
-        return [], f"No merges in `{root}` yet (expected one sub-folder per merge with merge_report.json)."
+        return [], (f"No merges in `{root}` yet: it needs one sub-folder per merge with merge_report.json "
+                    "(as `hfmerge demo` writes in demo_out/results).")
     return rows, ""
 
 
@@ -241,6 +266,25 @@ def hub_enabled() -> bool:
 
 def hub_endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_problem(e: BaseException, endpoint: str) -> str:
+    """What went wrong with the Hub, said so a visitor (or the Space's owner) can act on it."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(e, OfflineModeIsEnabled) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return "Hub unreachable: offline mode is on (HF_HUB_OFFLINE); unset it to list Hub models."
+    if isinstance(e, HfHubHTTPError) and e.response is not None:
+        status = e.response.status_code
+        if status in (401, 403):
+            return f"Hub unreachable: {endpoint} refused the token (HTTP {status}); fix HF_TOKEN or remove it."
+        if status == 429:
+            return "Hub unreachable: rate limited by the Hub; press Refresh Hub again in a minute."
+        return f"Hub unreachable: {endpoint} answered HTTP {status}; press Refresh Hub to try again later."
+    return f"Hub unreachable: no answer from {endpoint} (offline?); press Refresh Hub to try again."
+
+
+_REFRESHING = threading.Lock()
 
 
 class HubSource:
@@ -291,7 +335,11 @@ class HubSource:
         return f"Hub: {len(data['models'])} models tagged `{self.tag}` (as of {when})."
 
     def refresh(self) -> str:
-        """Fetch the list and the files of changed repos; return a one-line notice."""
+        """Fetch the list and the files of changed repos; return a one-line notice (one refresh at a time)."""
+        with _REFRESHING:
+            return self._refresh()
+
+    def _refresh(self) -> str:
         from huggingface_hub import HfApi, hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
 
@@ -324,11 +372,14 @@ class HubSource:
                         files[fname] = yaml.safe_load(text) if fname.endswith(".yaml") else json.loads(text)
                     except (ValueError, yaml.YAMLError):
                         files[fname] = None
+                if files.get("results.json") is None:  # scores published as .eval_results / model-index only
+                    from hfmerge.eval_results import read_repo_results
+
+                    files["results.json"] = read_repo_results(m.id, sha, self.endpoint, str(self.cache_dir / "hf"))
                 models[m.id] = {"sha": sha, "files": files}
-        except Exception as e:  # noqa: BLE001 - any network/Hub error: keep the cache, say so
+        except Exception as e:  # noqa: BLE001 - any network/Hub error: keep the cache, say what to do
             kept = len(old)
-            return (f"Hub unreachable ({e.__class__.__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-                    f"showing {kept} cached model{'s' if kept != 1 else ''}.")
+            return f"{hub_problem(e, self.endpoint)} Showing {kept} cached model{'s' if kept != 1 else ''}."
         self._save({"fetched_at": time.time(), "endpoint": self.endpoint, "models": models})
         return self.notice()
 

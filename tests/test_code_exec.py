@@ -41,8 +41,8 @@ def test_executor_right_wrong_and_refused_without_opt_in(allowed, monkeypatch):
         assert run_program(early, 5).status == "failed", early
     # minimal environment: the parent's token never reaches the program
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    assert run_program("import os\nassert 'HF_TOKEN' not in os.environ and os.getcwd() != %r\n" % os.getcwd(),
-                       5).passed
+    cwd = os.getcwd()
+    assert run_program(f"import os\nassert 'HF_TOKEN' not in os.environ and os.getcwd() != {cwd!r}\n", 5).passed
     code_exec.allow(False)
     with pytest.raises(HfMergeError, match="--allow-code-execution"):
         run_program("pass\n", 5)
@@ -67,7 +67,8 @@ def test_executor_loop_memory_bomb_and_forks_cannot_hang_the_evaluation(allowed,
     assert not [p for p in children if _alive(p)]
     # a fork bomb is capped (process limit) and killed at the timeout
     t0 = time.perf_counter()
-    fork_bomb = run_program("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n", 2)
+    bomb_source = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    fork_bomb = run_program(bomb_source, 2)
     assert fork_bomb.status == "timed out" and time.perf_counter() - t0 < 20
     # a program cannot leave its group to survive the kill (bigcode's guard removes setsid & co.)
     assert run_program("import os\nos.setsid()\n", 5).status == "failed"

@@ -6,7 +6,9 @@
 - beats base: the merge's mean domain score exceeds the base's; gain over the best expert: the merge's mean
   domain score minus the best single expert's (both from "A Systematic Study of Model Merging Techniques
   in LLMs", 2025).
-A domain's score is the mean over its tasks of each task's metric that counts.
+A domain's score is the mean over its tasks of each task's metric that counts, taken as 1 − value for tasks
+whose metric is lower-is-better (the safety domain: mean of 1 − WildGuardTest harm rate, 1 − HarmBench ASR,
+1 − DAN ASR and XSTest accuracy; our rule, MergeBench published none).
 """
 
 from __future__ import annotations
@@ -27,23 +29,40 @@ def load_results(path: str | Path) -> dict:
     return data
 
 
-def task_score(results: dict, task: str, metric: dict[str, str] | None = None) -> float | None:
-    """The metric that counts for ``task`` (name without shots) in a results dict, or None if absent."""
+def task_score(results: dict, task: str, metric: dict | None = None) -> float | None:
+    """The metric that counts for ``task`` (name without shots) in a results dict, or None if absent. ``metric``
+    maps a task to its metric's name or to candidate names (the first present counts)."""
     for key, metrics in results["tasks"].items():
         if key.split("|")[0] != task:
             continue
         wanted = (metric or {}).get(task)
+        for name in (wanted,) if isinstance(wanted, str) else (wanted or ()):
+            if name in metrics:
+                return float(metrics[name])
+        if wanted:
+            return None  # the metric that counts is absent: never another one in its place
         names = [m for m in sorted(metrics) if not m.endswith("_stderr")]
-        if wanted and wanted in metrics:
-            return float(metrics[wanted])
         return float(metrics[names[0]]) if names else None
     return None
 
 
-def domain_scores(results: dict, domains: dict[str, list[str]], metric: dict[str, str] | None = None) -> dict:
+def counted_metric(results: dict, task: str, metric: dict | None = None) -> str | None:
+    """The name of the metric ``task_score`` takes for ``task``."""
+    for key, metrics in results["tasks"].items():
+        if key.split("|")[0] == task:
+            wanted = (metric or {}).get(task)
+            names = (wanted,) if isinstance(wanted, str) else tuple(wanted or ())
+            return next((n for n in names if n in metrics),
+                        None if names else next((m for m in sorted(metrics) if not m.endswith("_stderr")), None))
+    return None
+
+
+def domain_scores(results: dict, domains: dict[str, list[str]], metric: dict | None = None,
+                  lower_is_better: tuple[str, ...] | set[str] = ()) -> dict:
     out = {}
     for domain, tasks in domains.items():
-        values = [v for t in tasks if (v := task_score(results, t, metric)) is not None]
+        values = [1.0 - v if t in lower_is_better else v
+                  for t in tasks if (v := task_score(results, t, metric)) is not None]
         if values:
             out[domain] = sum(values) / len(values)
     return out
@@ -55,13 +74,15 @@ def _mean(values) -> float | None:
 
 
 def measures(merge: dict, base: dict, experts: dict[str, dict], domains: dict[str, list[str]],
-             forgetting_tasks: list[str] | None = None, metric: dict[str, str] | None = None) -> dict:
+             forgetting_tasks: list[str] | None = None, metric: dict | None = None,
+             lower_is_better: tuple[str, ...] | set[str] = ()) -> dict:
     """The four measures for one merge (each None when its inputs are missing)."""
-    merged = domain_scores(merge, domains, metric)
-    base_scores = domain_scores(base, domains, metric)
+    low = lower_is_better
+    merged = domain_scores(merge, domains, metric, low)
+    base_scores = domain_scores(base, domains, metric, low)
     normalized = {}
     for domain, expert in experts.items():
-        own = domain_scores(expert, {domain: domains.get(domain, [])}, metric).get(domain)
+        own = domain_scores(expert, {domain: domains.get(domain, [])}, metric, low).get(domain)
         if own and domain in merged:
             normalized[domain] = merged[domain] / own
     if normalized:
@@ -71,7 +92,7 @@ def measures(merge: dict, base: dict, experts: dict[str, dict], domains: dict[st
         m, b = task_score(merge, task, metric), task_score(base, task, metric)
         if m is not None and b:
             ratios.append(m / b)
-    expert_means = [_mean(domain_scores(e, domains, metric).values()) for e in experts.values()]
+    expert_means = [_mean(domain_scores(e, domains, metric, low).values()) for e in experts.values()]
     merged_mean, base_mean = _mean(merged.values()), _mean(base_scores.values())
     best_expert = max((m for m in expert_means if m is not None), default=None)
     return {
@@ -81,6 +102,8 @@ def measures(merge: dict, base: dict, experts: dict[str, dict], domains: dict[st
         "forgetting": _mean(ratios),
         "beats_base": None if merged_mean is None or base_mean is None else merged_mean > base_mean,
         "gain_over_best_expert": None if merged_mean is None or best_expert is None else merged_mean - best_expert,
+        "proxies": sorted({d for d, tasks in domains.items() for t in tasks
+                           if (counted_metric(merge, t, metric) or "").endswith("_proxy")}) or None,
         "tasks": merge["tasks"],
     }
 

@@ -19,10 +19,13 @@ class Suite:
     description: str
     tasks: list[str]  # lighteval specs "task|shots"
     domains: dict[str, list[str]] = field(default_factory=dict)  # domain -> task names (without shots)
-    metric: dict[str, str] = field(default_factory=dict)  # task name -> metric that counts (default: first)
+    # task name -> metric that counts (default: first), or candidates in order (e.g. a judge's names, then its proxy's)
+    metric: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     custom_tasks: str | None = None  # module with TASKS_TABLE
     multilingual: bool = False
     missing: str = ""
+    lower_is_better: tuple[str, ...] = ()  # tasks whose metric counts as 1 - value in their domain's score
+    code: bool = False  # runs model-written programs (needs --allow-code-execution)
 
     @property
     def spec(self) -> str:
@@ -31,15 +34,25 @@ class Suite:
 
 _MULTI = [f"mlmm_{b}_{code}_cf{s}" for code in LANGS.values()
           for b, s in (("mmlu", ""), ("arc", ":challenge"), ("hellaswag", ""))]
+_SAFETY = ["wildguardtest", "harmbench", "do_anything_now", "xstest"]
+_SAFETY_METRIC = {"wildguardtest": ("harm_rate", "nonrefusal_rate_strmatch_proxy"),
+                  "harmbench": ("asr", "nonrefusal_rate_strmatch_proxy"),
+                  "do_anything_now": ("asr", "asr_strmatch_proxy"),
+                  "xstest": ("accuracy", "accuracy_strmatch_proxy")}
 SUITES: dict[str, Suite] = {
     "mergebench": Suite(
-        "mergebench", "MergeBench's domain benchmarks available in lighteval",
-        ["ifeval|0", "gsm8k|8", "math_500|0", *[f"{t}|0" for t in _MULTI]],
-        domains={"instruction": ["ifeval"], "math": ["gsm8k", "math_500"], "multilingual": _MULTI},
-        metric={"ifeval": "prompt_level_strict_acc", "gsm8k": "extractive_match", "math_500": "extractive_match"},
-        multilingual=True,
-        missing="coding (HumanEval+, MBPP+) and safety (WildGuardTest, HarmBench, DoAnythingNow, XSTest) have no "
-                "lighteval 0.13 tasks; M_MMLU is evaluated on lighteval's Okapi subsets",
+        "mergebench", "MergeBench's five domains: instruction, math, multilingual (lighteval), coding (bigcode's "
+        "protocol, executed), safety (safety-eval's rules, judged)",
+        ["ifeval|0", "gsm8k|8", "math_500|0", *[f"{t}|0" for t in _MULTI], "humanevalplus|0", "mbppplus|0",
+         *[f"{t}|0" for t in _SAFETY]],
+        domains={"instruction": ["ifeval"], "math": ["gsm8k", "math_500"], "multilingual": _MULTI,
+                 "coding": ["humanevalplus", "mbppplus"], "safety": _SAFETY},
+        metric={"ifeval": "prompt_level_strict_acc", "gsm8k": "extractive_match", "math_500": "extractive_match",
+                "humanevalplus": "pass@1", "mbppplus": "pass@1", **_SAFETY_METRIC},
+        multilingual=True, lower_is_better=("wildguardtest", "harmbench", "do_anything_now"), code=True,
+        missing="GSM8K and MATH use lighteval's prompts (MATH-500 subset); M_MMLU/M_ARC/M_HellaSwag are lighteval's "
+                "Okapi cloze tasks; coding defaults to greedy pass@1 (--code-samples 10 for MergeBench's protocol); "
+                "DoAnythingNow has no Hub copy (--data-dir); the strmatch judge is a refusal-only proxy",
     ),
     "forgetting": Suite(
         "forgetting", "general knowledge kept from the base (MergeBench's forgetting benchmarks)",
@@ -47,11 +60,18 @@ SUITES: dict[str, Suite] = {
         missing="wmt14:fr-en is defined but not registered in some lighteval 0.13 builds",
     ),
     "validation": Suite(
-        "validation", "surrogate validation tasks for tuning (never the test tasks)",
-        ["lambada:standard|0", "mmlu:college_mathematics|0", "mmlu:high_school_mathematics|0"],
-        domains={"multilingual": ["lambada:standard"],
-                 "math": ["mmlu:college_mathematics", "mmlu:high_school_mathematics"]},
-        missing="IFEval-like instruction data, CoNaLa (coding) and WildJailbreak (safety) have no lighteval tasks",
+        "validation", "surrogate validation tasks for tuning, one per domain (never the test tasks; use --limit)",
+        ["ifeval_like_val|0", "mmlu:college_mathematics|0", "mmlu:high_school_mathematics|0", "mbpp_val|0",
+         "lambada:standard|0", "wildjailbreak_val|0"],
+        domains={"instruction": ["ifeval_like_val"],
+                 "math": ["mmlu:college_mathematics", "mmlu:high_school_mathematics"],
+                 "coding": ["mbpp_val"], "multilingual": ["lambada:standard"], "safety": ["wildjailbreak_val"]},
+        metric={"ifeval_like_val": "prompt_level_strict_acc", "mbpp_val": "pass@1",
+                "wildjailbreak_val": ("safe_rate", "refusal_rate_strmatch_proxy")},
+        code=True,
+        missing="MergeBench's surrogates are IFEval-like data, MMLU-STEM, CoNaLa, LAMBADA and WildJailbreak: here "
+                "argilla/ifeval-like-data, two MMLU math subjects, MBPP's validation split (executed, instead of "
+                "CoNaLa), English LAMBADA and WildJailbreak's adversarial harmful eval prompts",
     ),
 }
 
@@ -84,5 +104,5 @@ def describe() -> str:
         lines.append(f"{s.name}: {s.description}")
         lines += [f"    {t}" for t in s.tasks]
         if s.missing:
-            lines.append(f"    not covered: {s.missing}")
+            lines.append(f"    differences: {s.missing}")
     return "\n".join(lines)
