@@ -236,3 +236,35 @@ def test_whole_tensor_hook(gapped, monkeypatch):
                        for n, off, shape, dt in seen)
         else:
             assert len(seen) > len(merged) and any(off > 0 for _, off, _, _ in seen)
+
+
+def test_spectral_rules_read_one_expert_or_row_chunks(gapped, monkeypatch):
+    """Memory independent of N: TSV-M's rule sees one expert's whole τᵢ at a time; Iso-C's sees row chunks."""
+    from hfmerge.methods import iso_c, tsv_m
+    from hfmerge.methods.base import Spectral
+
+    base_dir, expert_dirs = gapped
+    models = [ModelRef(str(e)) for e in expert_dirs]
+    seen: list[tuple] = []
+
+    def expert(name, tau, i, n, params):
+        seen.append(("expert", name, tuple(tau.shape), i, n))
+        return tsv_m.top_triplets(name, tau, i, n, params)
+
+    def rows(chunk, params):
+        seen.append(("rows", chunk.name, tuple(chunk.experts.shape)))
+        return iso_c.summed(chunk, params)
+
+    monkeypatch.setattr(tsv_m, "SPECTRAL", Spectral("tsv_m", tsv_m.SPECTRAL.applies, tsv_m.combine, expert=expert))
+    monkeypatch.setattr(iso_c, "SPECTRAL", Spectral("iso_c", iso_c.SPECTRAL.applies, iso_c.isotropic, rows=rows))
+    merge_state_dict(MergeConfig("tsv_m", str(base_dir), models))
+    merge_state_dict(MergeConfig("iso_c", str(base_dir), models), chunk_numel=256)
+    base = load_model(base_dir)
+    matrices = [n for n, t in base.items() if is_matrix(n, t)]
+    tsv = [s for s in seen if s[0] == "expert"]
+    assert sorted(tsv) == sorted(("expert", n, tuple(base[n].shape), i, N_EXPERTS)
+                                 for n in matrices for i in range(N_EXPERTS))
+    iso = [s for s in seen if s[0] == "rows"]
+    assert {s[1] for s in iso} == set(matrices)
+    assert all(s[2][0] == N_EXPERTS and s[2][1] * s[2][2] <= 256 for s in iso)
+    assert len(iso) > len(matrices)  # several row chunks per matrix
