@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/mergekit_configs.py [--repeats 1]
 
 A small synthetic Llama family (base + 3 experts = base + dense noise of 0.5x each tensor's scale, so SLERP takes
-its spherical branch; bf16; 8 layers, hidden 512, vocab 8000, untied) is built once in benchmarks/_work/mk-family.
+its spherical branch; float32 checkpoints, so task vectors have no exact ties at top-k thresholds; 8 layers,
+hidden 256, vocab 2000, untied, 14 M parameters) is built once in benchmarks/_work/mk-family-fp32.
 The configs are written here in mergekit's YAML, adapted from mergekit's examples/ and common Hub model cards to the
 family's paths and layer count. Each config runs in both tools (subprocesses, wall time); mergekit computes in
-float32 (``dtype: float32, out_dtype: bfloat16``) as hfmerge does. Deterministic methods: the fraction of elements
-equal within one bf16 rounding step. DARE / DELLA (random masks differ by construction): the distance of the merge
-from the base, ‖θ − θ₀‖, hfmerge over mergekit, and the fraction of entries left at the base's value."""
+float32 (``dtype: float32``, float32 output) as hfmerge does. Deterministic methods: the fraction of elements
+equal within one bf16 rounding step, and within 1e-5 relative (``strict``). DARE / DELLA (random masks differ by
+construction): the distance of the merge from the base, ‖θ − θ₀‖, hfmerge over mergekit, and the fraction of
+entries left at the base's value."""
 
 from __future__ import annotations
 
@@ -29,11 +31,11 @@ sys.path.insert(0, str(HERE))
 from memory import run  # noqa: E402
 from run import agreement, ensure_mergekit  # noqa: E402
 
-WORK = HERE / "_work" / "mk-family"
+WORK = HERE / "_work" / "mk-family-fp32"
 LAYERS = 8
-CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512, "intermediate_size": 1408,
-          "num_hidden_layers": LAYERS, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 64,
-          "vocab_size": 8000, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, "dtype": "bfloat16",
+CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256, "intermediate_size": 704,
+          "num_hidden_layers": LAYERS, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+          "vocab_size": 2000, "rms_norm_eps": 1e-5, "max_position_embeddings": 2048, "dtype": "float32",
           "tie_word_embeddings": False, "rope_theta": 10000.0, "bos_token_id": 0, "eos_token_id": 1}
 
 
@@ -44,15 +46,13 @@ def family() -> dict[str, str]:
         from memory import shapes
 
         gen = torch.Generator().manual_seed(0)
-        base = {n: (torch.randn(s, generator=gen) * (0.02 if len(s) > 1 else 1.0)).to(torch.bfloat16)
-                for n, s in shapes(CONFIG)}
-        base["lm_head.weight"] = (torch.randn(base["model.embed_tokens.weight"].shape, generator=gen) * 0.02
-                                  ).to(torch.bfloat16)
+        base = {n: torch.randn(s, generator=gen) * (0.02 if len(s) > 1 else 1.0) for n, s in shapes(CONFIG)}
+        base["lm_head.weight"] = torch.randn(base["model.embed_tokens.weight"].shape, generator=gen) * 0.02
         for i, n in enumerate(names):
             (WORK / n).mkdir(parents=True, exist_ok=True)
             (WORK / n / "config.json").write_text(json.dumps(CONFIG, indent=2))
-            sd = base if i == 0 else {k: (v.float() + 0.5 * v.float().std() * torch.randn(v.shape, generator=gen))
-                                      .to(torch.bfloat16) for k, v in base.items()}
+            sd = base if i == 0 else {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=gen)
+                                      for k, v in base.items()}
             save_file(sd, WORK / n / "model.safetensors", metadata={"format": "pt"})
     return {n: str(WORK / n) for n in names}
 
@@ -118,6 +118,13 @@ def configs(m: dict[str, str]) -> dict[str, tuple[dict, str]]:
     }
 
 
+def strict_agreement(a: Path, b: Path) -> float:
+    """Fraction of elements with |x − y| ≤ 1e-5·|y| + 1e-8."""
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    ok = sum(int(((x[k].double() - v.double()).abs() <= 1e-5 * v.double().abs() + 1e-8).sum()) for k, v in y.items())
+    return ok / sum(v.numel() for v in y.values())
+
+
 def distance(out: Path, base: Path) -> tuple[float, float]:
     """‖θ − θ₀‖ over the model, and the fraction of entries equal to the base's."""
     o, b = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
@@ -139,7 +146,7 @@ def main() -> None:
     hfmerge = str(Path(sys.executable).parent / "hfmerge")
     rows = []
     for name, (mk, kind) in configs(models).items():
-        mk = {**mk, "dtype": "float32", "out_dtype": "bfloat16"}
+        mk = {**mk, "dtype": "float32"}
         cfg = WORK / "config.yml"
         cfg.write_text(yaml.safe_dump(mk, sort_keys=False))
         row: dict = {"config": name, "method": mk["merge_method"]}
@@ -161,6 +168,7 @@ def main() -> None:
             row["ratio"] = round(row["hfmerge_s"] / row["mergekit_s"], 2)
             if kind == "exact":
                 row["agreement"] = round(agreement(WORK / "out-hf", WORK / "out-mk"), 6)
+                row["strict"] = round(strict_agreement(WORK / "out-hf", WORK / "out-mk"), 6)
             elif kind == "random":
                 base = Path(mk.get("base_model"))
                 (dh, sh), (dm, sm) = distance(WORK / "out-hf", base), distance(WORK / "out-mk", base)
@@ -174,7 +182,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "agreement" in r:
-            agree = f"{100 * r['agreement']:.2f}% of elements"
+            agree = f"{100 * r['agreement']:.2f}% of elements ({100 * r['strict']:.2f}% within 1e-5)"
         elif "distance_ratio" in r:
             agree = (f"‖θ−θ₀‖ ratio {r['distance_ratio']:.3f}; at base {100 * r['at_base_hf']:.1f}% vs "
                      f"{100 * r['at_base_mk']:.1f}%")

@@ -26,9 +26,10 @@ from hfmerge.errors import HfMergeError
 
 # mergekit method -> hfmerge method, and which mergekit parameters each takes (global / per model)
 METHODS = {
-    "linear": "soup", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare_linear": "dare",
+    "linear": "soup", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare_linear": "dare_linear",
     "dare_ties": "dare_ties", "breadcrumbs": "breadcrumbs", "breadcrumbs_ties": "breadcrumbs_ties",
     "della": "della", "della_linear": "della_linear", "slerp": "slerp", "model_stock": "model_stock",
+    "nuslerp": "nuslerp",
 }
 GTA = {  # generalized task arithmetic: (default normalize, default rescale, per-model parameters)
     "task_arithmetic": (False, False, ("weight", "density")),
@@ -40,8 +41,9 @@ GTA = {  # generalized task arithmetic: (default normalize, default rescale, per
     "della": (True, True, ("weight", "density", "epsilon")),
     "della_linear": (False, True, ("weight", "density", "epsilon")),
 }
-GLOBAL = {"linear": ("normalize",), "slerp": ("t",), "model_stock": ("filter_wise",)}
-PER_MODEL = {"linear": ("weight",), "slerp": (), "model_stock": ()}
+GLOBAL = {"linear": ("normalize",), "slerp": ("t",), "model_stock": ("filter_wise",),
+          "nuslerp": ("nuslerp_flatten", "nuslerp_row_wise")}
+PER_MODEL = {"linear": ("weight",), "slerp": (), "model_stock": (), "nuslerp": ("weight",)}
 PER_EXPERT = ("density", "gamma", "epsilon")  # hfmerge parameters that take one value per expert
 KEYS = {"models", "slices", "merge_method", "base_model", "parameters", "dtype", "out_dtype", "tokenizer_source",
         "tokenizer", "chat_template", "modules", "name"}
@@ -160,6 +162,8 @@ def translate(d: dict, origin: str, text: str | None = None) -> dict:
         if base and base not in [e["model"] for e in entries]:
             raise refuse("linear with a base_model that is not among the models (mergekit would add it)")
         experts = entries
+    elif method == "nuslerp" and not base:  # slerp of the two models themselves, the first as template
+        template, experts = entries[0]["model"], entries
     else:
         if not base:
             raise refuse(f"{method} needs a base_model")
@@ -167,6 +171,8 @@ def translate(d: dict, origin: str, text: str | None = None) -> dict:
         experts = [e for e in entries if e["model"] != base]
     if method == "slerp" and len(experts) != 1:
         raise refuse(f"slerp merges exactly two models (the base and one other), got {len(experts) + 1}")
+    if method == "nuslerp" and len(experts) != 2:
+        raise refuse(f"nuslerp merges exactly two models (plus an optional base), got {len(experts)}")
     if method == "model_stock" and len(experts) < 2:
         raise refuse("model_stock needs at least two models besides the base")
     if not experts:
@@ -221,12 +227,8 @@ def translate(d: dict, origin: str, text: str | None = None) -> dict:
             if rescale:
                 raise refuse("ties with rescale: true (L1 rescaling of the trimmed task vectors) is not supported")
             params.update(density=1.0, topk_scope="tensor", aggregate="weighted" if normalize else "sum")
-        elif method in ("task_arithmetic", "dare_linear"):
+        elif method == "task_arithmetic":
             per_tensor["normalize_weights"] = bool(normalize)
-            if method == "dare_linear":
-                if not rescale:
-                    raise refuse("dare_linear with rescale: false (no rescaling of kept entries) is not supported")
-                params["drop_rate"] = 0.0  # mergekit's default density is 1
         else:
             params.update(density=1.0, normalize=bool(normalize), rescale=bool(rescale))
         if method == "task_arithmetic":
@@ -243,6 +245,9 @@ def translate(d: dict, origin: str, text: str | None = None) -> dict:
         if t is None:
             raise refuse("slerp needs the parameter t")
         per_tensor["parameters"]["t"] = t
+    elif method == "nuslerp":
+        params.update(flatten=bool(fixed("nuslerp_flatten", True)), row_wise=bool(fixed("nuslerp_row_wise", False)),
+                      task_vectors=bool(base))
     elif method == "model_stock":
         if fixed("filter_wise", False):
             raise refuse("model_stock with filter_wise: true (one t per row) is not supported")
@@ -301,8 +306,6 @@ class TensorParameters:
             for i, m in enumerate(models):
                 for k, s in m.items():
                     v = evaluate(s, name, t)
-                    if k == "density" and method.name == "dare" and v is not None:
-                        k, v = "drop_rate", 1.0 - v  # mergekit's dare_linear keeps a fraction density
                     if k == "weight":
                         if v is None:
                             raise HfMergeError(f"no weight for model {i + 1} on tensor {name}")

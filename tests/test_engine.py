@@ -104,7 +104,7 @@ def test_mergekit_yaml_is_translated(family, tmp_path):
     assert cfg.per_tensor["models"] == [{"weight": 1.0, "density": 0.4}] * 3
     assert cfg.mergekit_config == (tmp_path / "mk.yaml").read_text()
     dare = MergeConfig.from_dict(dict(mk, merge_method="dare_linear", parameters={}))
-    assert dare.method == "dare" and dare.per_tensor["models"][0]["density"] == 0.4  # drop_rate 0.6 per tensor
+    assert dare.method == "dare_linear" and dare.per_tensor["models"][0]["density"] == 0.4
     with pytest.raises(HfMergeError, match="needs a base_model"):  # more in tests/test_mergekit.py
         MergeConfig.from_dict({k: v for k, v in mk.items() if k != "base_model"})
 

@@ -259,7 +259,8 @@ def uniforms(seed, name, task, numel):
     gen, out = torch.Generator(), []
     for b in range(math.ceil(numel / RNG_BLOCK)):
         gen.manual_seed(block_seed(seed, name, task, b))
-        out.append(torch.empty(RNG_BLOCK // 4, dtype=torch.int64).random_(generator=gen).view(torch.int16).int()
+        size = min(RNG_BLOCK, numel - b * RNG_BLOCK)  # the block's first draws (a prefix of its stream)
+        out.append(torch.empty((size + 3) // 4, dtype=torch.int64).random_(generator=gen).view(torch.int16).int()
                    % (1 << 15))
     return torch.cat(out)[:numel]
 
@@ -268,20 +269,25 @@ def test_dare_ties_against_reference_and_keep_rate(fam):
     base, e1, e2, e3 = fam
     models = [{"model": str(e), "parameters": {"weight": w, "density": 0.3}} for e, w in ((e1, 0.5), (e2, 0.3),
                                                                                            (e3, 0.2))]
-    ours = run(mk(fam, "dare_ties", models, base_model=str(base)))
     B, E = f64(base), [f64(e) for e in (e1, e2, e3)]
-    ref, kept, total = {}, [0, 0, 0], 0
-    for n in B:
-        deltas = [e[n] - B[n] for e in E]
-        masks = [dare_mask(0, n, i, B[n].numel(), 0.7).view(B[n].shape) for i in range(3)]
-        ref[n] = gta(B[n], deltas, [0.5, 0.3, 0.2], masks, True, False, 1.0, True)
-        kept = [k + int(m.sum()) for k, m in zip(kept, masks, strict=True)]
-        total += B[n].numel()
-    close(ours, ref)
+    dropped = {n: [(uniforms(0, n, i, B[n].numel()) >= round(0.7 * 2**15)).view(B[n].shape) for i in range(3)]
+               for n in B}  # keep when u ≥ round(p·2¹⁵), p = 1 − density (the documented DARE draw)
+    assert torch.equal(dropped["lm_head.weight"][1].reshape(-1), dare_mask(0, "lm_head.weight", 1,
+                                                                             B["lm_head.weight"].numel(), 0.7))
+    for method, consensus in (("dare_ties", True), ("dare_linear", False)):
+        ours = run(mk(fam, method, models, base_model=str(base)))
+        ref, kept, total = {}, [0, 0, 0], 0
+        for n in B:
+            deltas = [e[n] - B[n] for e in E]
+            masks = dropped[n]
+            ref[n] = gta(B[n], deltas, [0.5, 0.3, 0.2], masks, consensus, False, 1.0, True)
+            kept = [k + int(m.sum()) for k, m in zip(kept, masks, strict=True)]
+            total += B[n].numel()
+        close(ours, ref)
     sd = math.sqrt(0.3 * 0.7 / total)
     assert all(abs(k / total - 0.3) < 4 * sd for k in kept), (kept, total)
     names = list(B)
-    m0, m1 = (torch.cat([dare_mask(0, n, i, B[n].numel(), 0.7) for n in names]) for i in (0, 1))
+    m0, m1 = (torch.cat([dropped[n][i].reshape(-1) for n in names]) for i in (0, 1))
     assert abs(float((m0 & m1).float().mean()) - 0.09) < 4 * math.sqrt(0.09 * 0.91 / total)  # independent experts
 
 
@@ -393,3 +399,31 @@ def test_native_methods_match_translation(fam):
         base_model=str(base), parameters={"density": 0.4, "gamma": 0.02, "normalize": True}))
     a, b = merge_state_dict(native), merge_state_dict(translated)
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def nuslerp_ref(t, v0, v1, flatten, row_wise):
+    """mergekit's nuslerp() in float64."""
+    shape = v0.shape
+    if flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
+    u0 = v0 / v0.norm(dim=-1, keepdim=True).clamp(min=1e-7)
+    u1 = v1 / v1.norm(dim=-1, keepdim=True).clamp(min=1e-7)
+    th = torch.acos((u0 * u1).sum(-1, keepdim=True).clamp(-1, 1))
+    res = (torch.sin((1 - t) * th) * v0 + torch.sin(t * th) * v1) / torch.sin(th)
+    if row_wise and not flatten:
+        res = res.transpose(0, -1)
+    return res.reshape(shape)
+
+
+def test_nuslerp_with_and_without_base(fam):
+    base, e1, e2, _ = fam
+    B, E1, E2 = f64(base), f64(e1), f64(e2)
+    models = [{"model": str(e1), "parameters": {"weight": 1.0}},
+              {"model": str(e2), "parameters": {"weight": [{"filter": "mlp", "value": 3.0}, {"value": 1.0}]}}]
+    ours = run(mk(fam, "nuslerp", models, base_model=str(base)))
+    close(ours, {n: B[n] + nuslerp_ref(0.75 if "mlp" in n else 0.5, E1[n] - B[n], E2[n] - B[n], True, False)
+                 for n in B})
+    ours = run(mk(fam, "nuslerp", models, parameters={"nuslerp_flatten": False, "nuslerp_row_wise": True}))
+    close(ours, {n: nuslerp_ref(0.75 if "mlp" in n else 0.5, E1[n], E2[n], False, True) for n in B})

@@ -23,3 +23,19 @@ METHOD = Method(
     merge=merge,
     whole=lambda params: bool(params.get("rescale")),  # the L1 norms are over the whole tensor
 )
+
+
+def merge_linear(chunk: Chunk, params: dict) -> torch.Tensor:
+    """τ̃ᵢ = rescale(τᵢ ⊙ Bernoulli(dᵢ));  θ = θ₀ + λ Σ wᵢτ̃ᵢ [/ Σ wᵢ]."""
+    return gta.merge(chunk, params, steps.bernoulli(params["density"]), elect=False)
+
+
+LINEAR_METHOD = Method(
+    name="dare_linear",
+    summary="DARE as mergekit's dare_linear: random drop with keep rate d, L1 rescale, weighted sum",
+    formula="τ̃ᵢ = τᵢ⊙Bernoulli(d)·‖τᵢ‖₁/‖τᵢ⊙Bernoulli(d)‖₁;  θ = θ₀ + λ·Σ wᵢτ̃ᵢ (/ Σ wᵢ if normalize)",
+    paper="Yu et al. 2024, Language Models are Super Mario (arXiv:2311.03099)",
+    params={**gta.params(normalize=False, rescale=True), "seed": gta.SEED},
+    merge=merge_linear,
+    whole=lambda params: bool(params.get("rescale")),
+)

@@ -25,7 +25,8 @@ METHODS: dict[str, Method] = {
 }
 METHODS.update({m.METHOD.name: m.METHOD for m in (tsv_m, iso_c)})
 METHODS.update({m.name: m for m in (slerp.METHOD, dare_ties.METHOD, breadcrumbs.METHOD, breadcrumbs.TIES_METHOD,
-                                     della.METHOD, della.LINEAR_METHOD, model_stock.METHOD)})
+                                     della.METHOD, della.LINEAR_METHOD, model_stock.METHOD, slerp.NUSLERP,
+                                     dare_ties.LINEAR_METHOD)})
 
 
 def get_method(name: str) -> Method:
