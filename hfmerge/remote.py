@@ -20,6 +20,7 @@ retries, rate-limit waits) go into merge_report.json.
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import heapq
 import itertools
@@ -209,9 +210,17 @@ class Transfer:
             self.cv.notify_all()
 
     def spill_dir(self) -> Path:
+        """A private temp folder for spilled ranges and whole-file copies: removed when the last source closes or
+        the process exits; folders left by killed runs (their process is gone) are removed here."""
         with self.cv:
             if self._spill_dir is None:
-                self._spill_dir = Path(tempfile.mkdtemp(prefix="hfmerge-spill-", dir=self._spill_root))
+                root = Path(self._spill_root or tempfile.gettempdir())
+                for old in root.glob("hfmerge-spill-*-*"):
+                    pid = old.name.split("-")[2]
+                    if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                        shutil.rmtree(old, ignore_errors=True)
+                self._spill_dir = Path(tempfile.mkdtemp(prefix=f"hfmerge-spill-{os.getpid()}-", dir=root))
+                atexit.register(shutil.rmtree, self._spill_dir, True)
             return self._spill_dir
 
     def block_size(self) -> int:
@@ -706,6 +715,18 @@ def _pread_into(path: Path | None, offset: int, dest: memoryview) -> int:
     if n != len(dest):
         raise HfMergeError(f"local copy {path} is truncated (wanted {len(dest)} bytes at {offset})")
     return n
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate it there: leave the folder
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: leave it
+    return True
 
 
 def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 
 import pytest
 from huggingface_hub import HfApi
@@ -181,3 +182,14 @@ def test_local_reads_without_preadv(family, tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "HAVE_PREADV", False)  # as on Windows
     merge(cfg, tmp_path / "b", progress=False)
     assert sha256(tmp_path / "a" / "model.safetensors") == sha256(tmp_path / "b" / "model.safetensors")
+
+
+def test_spill_folders_of_killed_runs_are_removed(tmp_path):
+    dead = tmp_path / "hfmerge-spill-999999999-abc"  # no such process
+    dead.mkdir()
+    (dead / "0-model.safetensors").write_bytes(b"x" * 10)
+    live = tmp_path / f"hfmerge-spill-{os.getppid()}-def"  # a running process's folder stays
+    live.mkdir()
+    folder = remote.Transfer(spill_dir=tmp_path).spill_dir()
+    assert folder.is_dir() and folder.name.startswith(f"hfmerge-spill-{os.getpid()}-")
+    assert not dead.exists() and live.exists()
