@@ -3,6 +3,7 @@
 - a usage error (unknown command or option, missing argument, bad value) prints the usage line and one
   ``Error:`` line (with the nearest valid name when one is close) and exits 2;
 - a user error from the library (:class:`HfMergeError`) prints ``error: <one line>`` and exits 1;
+- the machine refusing (permission denied, disk full, read-only) prints one ``error:`` line and exits 1;
 - Ctrl-C exits 130; only a bug prints a traceback, followed by a line asking to report it (exit 1).
 
 Also ``--version`` and ``-h`` as ``--help`` on every command.
@@ -10,6 +11,7 @@ Also ``--version`` and ``-h`` as ``--help`` on every command.
 
 from __future__ import annotations
 
+import errno
 import platform
 import sys
 import traceback
@@ -33,6 +35,8 @@ USAGE_EXIT, USER_EXIT, INTERRUPTED_EXIT = 2, 1, 130
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 BUG_LINE = ("this is a bug in hfmerge, not a problem with your input: please report it with the command you ran "
             "and the traceback above")
+# the machine's state, not hfmerge's logic: one line, no traceback
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EMFILE}
 VERSIONED = ("torch", "transformers", "huggingface_hub", "lighteval")  # distributions shown by --version
 
 
@@ -75,6 +79,13 @@ def _reword(e: click_exceptions.ClickException) -> click_exceptions.ClickExcepti
     return e
 
 
+def _bug() -> typer.Exit:
+    """Print the traceback of the exception being handled and the line asking to report it."""
+    traceback.print_exc()
+    typer.echo(BUG_LINE, err=True)
+    return typer.Exit(USER_EXIT)
+
+
 def _command_context(ctx: Any, words: list[str]) -> Any:
     """The context of the deepest (sub)command named in ``words``, for its usage line."""
     for word in words:
@@ -103,13 +114,17 @@ class HfMergeGroup(TyperGroup):
             raise typer.Exit(USER_EXIT) from None
         except BrokenPipeError:
             raise  # output piped into `head`: click exits quietly
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise _bug() from None
+            where = f": {e.filename}" if e.filename else ""
+            typer.echo(f"error: {e.strerror}{where}", err=True)
+            raise typer.Exit(USER_EXIT) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: nothing was written", err=True)
             raise typer.Exit(INTERRUPTED_EXIT) from None
         except Exception:
-            traceback.print_exc()
-            typer.echo(BUG_LINE, err=True)
-            raise typer.Exit(USER_EXIT) from None
+            raise _bug() from None
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
