@@ -259,3 +259,17 @@ def test_push_writes_eval_results_in_the_commit(local_hub, tmp_path):
     back = eval_results.read_repo_results("hfmerge-user/pushed", cache_dir=str(tmp_path / "cache"))
     assert back["tasks"]["gsm8k"]["extractive_match"] == 0.41
     assert back["tasks"]["xstest|0"]["safe_nonrefusal_strmatch_proxy"] == 0.9
+
+
+def test_space_reads_a_folder_published_with_eval_results_only(tmp_path):
+    from hfmerge import eval_results
+    from space.space_data import load_folder
+
+    folder = tmp_path / "pulled"
+    folder.mkdir()
+    (folder / "merge_report.json").write_text(json.dumps(dict(REPORT, method="ties", sources=[
+        {"ref": "org/base", "role": "base"}, {"ref": "org/e1", "role": "expert"}])))
+    eval_results.write(folder, {**RESULTS, "tasks": {"mini_coding_test|0": {"em": 0.5}, **RESULTS["tasks"]},
+                                "datasets": {"mini_coding_test": "org/mini_coding"}})
+    row = load_folder(folder)
+    assert row["status"] != "no results yet" and row["domains"]["coding"] == 50.0

@@ -261,8 +261,9 @@ def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir:
                 cfg = model_config.model_copy(update=update)
                 torch.manual_seed(seed)
             tracker = EvaluationTracker(output_dir=str(out), save_details=True)
-            raw.update(_run(",".join(group), params, tracker, cfg, in_memory, builtins, data_dir, ours, hub_ids,
-                            set(names) - {c.name for c in ours}))
+            others = {_spec_name(t) for t in group} - {c.name for c in ours}  # built-in or custom tasks
+            raw.update(_run(",".join(group), params, tracker, cfg, in_memory, builtins and bool(others), data_dir,
+                            ours, hub_ids, others))
     finally:
         code_exec.allow(False)
         safety.release_judges()
