@@ -117,6 +117,7 @@ def entries(results: dict, repo_id: str | None = None, revision: str | None = No
         name = dataset.split("/")[-1].lower() + protocol_tag + ("-proxy" if metric.endswith("_proxy") else "")
         files.setdefault(f"{name}.yaml", []).append(EvalResultEntry(
             dataset_id=dataset, task_id=task, value=round(float(metrics[metric]), 6), date=results.get("date"),
+            dataset_revision=(results.get("dataset_revisions") or {}).get(key),
             source_url=url, source_name=_source(results) if url else None, notes=notes))
     return files
 

@@ -273,3 +273,27 @@ def test_space_reads_a_folder_published_with_eval_results_only(tmp_path):
                                 "datasets": {"mini_coding_test": "org/mini_coding"}})
     row = load_folder(folder)
     assert row["status"] != "no results yet" and row["domains"]["coding"] == 50.0
+
+
+def test_hub_datasets_are_read_at_a_pinned_recorded_revision(local_hub, tmp_path):
+    from types import SimpleNamespace
+
+    import yaml as _yaml
+    from huggingface_hub import HfApi, parse_eval_result_entries
+
+    from hfmerge import eval_results
+    from hfmerge.eval.runner import _pin_revisions
+
+    api = HfApi()
+    api.create_repo("hfmerge-user/humanevalplus", repo_type="dataset", exist_ok=True)
+    api.upload_file(path_or_fileobj=b"{}\n", path_in_repo="test.jsonl", repo_id="hfmerge-user/humanevalplus",
+                    repo_type="dataset")
+    sha = api.dataset_info("hfmerge-user/humanevalplus").sha
+    cfg = SimpleNamespace(name="humanevalplus", hf_repo="hfmerge-user/humanevalplus", hf_revision=None)
+    local = SimpleNamespace(name="mbppplus", hf_repo="evalplus/mbppplus", hf_revision=None)
+    (tmp_path / "evalplus" / "mbppplus").mkdir(parents=True)
+    assert _pin_revisions([cfg, local], tmp_path) == {"humanevalplus": sha}
+    assert cfg.hf_revision == sha and local.hf_revision is None  # a local copy is read as it is
+    files = eval_results.files(dict(RESULTS, dataset_revisions={"humanevalplus|0": sha}))
+    entry = parse_eval_result_entries(_yaml.safe_load(files[".eval_results/humanevalplus.yaml"]))[0]
+    assert entry.dataset_revision == sha

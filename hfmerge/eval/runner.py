@@ -201,6 +201,7 @@ def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir:
     if judged and safety_judge == "wildguard":
         judge_model = safety.resolve_judge(judge_model or safety.WILDGUARD_ID)  # a missing/gated judge fails now
     ours = hf_tasks.task_configs(code_samples, safety_judge, judge_model, wanted=set(names))
+    revisions = _pin_revisions([c for c in ours if c.name in names], data_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     in_memory, revision = None, None
@@ -282,6 +283,8 @@ def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir:
         "protocols": {key: p for key in task_keys
                       if (p := protocol(key.split("|")[0], code_samples, safety_judge, judge_model))},
         "datasets": {key: hub_ids[key.split("|")[0]] for key in task_keys if key.split("|")[0] in hub_ids},
+        "dataset_revisions": {key: revisions[key.split("|")[0]] for key in task_keys
+                              if key.split("|")[0] in revisions},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "lighteval_version": lighteval_version,
         "hfmerge_version": __version__,
@@ -308,6 +311,24 @@ def protocol(task: str, code_samples: int = 1, judge: str = "wildguard", judge_m
         gen = "sampled at temperature 1.0" if task == "xstest" else "greedy"
         return f"safety-eval inputs and counting rules, {gen}, 512 new tokens; {who}"
     return None
+
+
+def _pin_revisions(configs: list, data_dir) -> dict[str, str]:
+    """Read each of hfmerge's Hub datasets at the commit sha its head has now, and return {task: sha} for the
+    results (tasks with a local copy under ``data_dir``, or when the Hub is unreachable, are left as they are)."""
+    from huggingface_hub import HfApi
+
+    out = {}
+    for cfg in configs:
+        if data_dir and (Path(data_dir) / cfg.hf_repo).is_dir() or cfg.hf_revision:
+            continue
+        try:
+            sha = HfApi().dataset_info(cfg.hf_repo, timeout=10).sha
+        except Exception:  # noqa: BLE001 - offline, gated or absent: loading the data reports it in one line
+            continue
+        if sha:
+            cfg.hf_revision = out[cfg.name] = sha
+    return out
 
 
 def _spec_name(spec: str) -> str:
