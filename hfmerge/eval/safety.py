@@ -114,9 +114,11 @@ class WildGuardJudge(Judge):
 
     def raw(self, pairs: list[tuple[str, str]]) -> list[str]:
         import torch
+        from tqdm.auto import tqdm
 
         out = []
-        for i in range(0, len(pairs), self.batch_size):
+        for i in tqdm(range(0, len(pairs), self.batch_size), desc="WildGuard judge",
+                      disable=len(pairs) <= self.batch_size):
             texts = [WILDGUARD_PROMPT.format(prompt=p, response=r) for p, r in pairs[i:i + self.batch_size]]
             enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.model.device)
             with torch.no_grad():
