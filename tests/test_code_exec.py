@@ -297,3 +297,21 @@ def test_hub_datasets_are_read_at_a_pinned_recorded_revision(local_hub, tmp_path
     files = eval_results.files(dict(RESULTS, dataset_revisions={"humanevalplus|0": sha}))
     entry = parse_eval_result_entries(_yaml.safe_load(files[".eval_results/humanevalplus.yaml"]))[0]
     assert entry.dataset_revision == sha
+
+
+def test_tune_refuses_coding_validation_before_merging(family, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from hfmerge.cli import main
+
+    base, experts = family("llama")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"method": "task_arithmetic", "base_model": str(base),
+                                                     "models": [str(e) for e in experts]}))
+    monkeypatch.setattr(sys, "argv", ["hfmerge", "tune", str(tmp_path / "c.yaml"), "--tasks", "mbpp_val|0",
+                                      "--grid", "scaling=0.5", "-o", str(tmp_path / "tune")])
+    capsys.readouterr()  # the family's build output
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "--allow-code-execution" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "tune").exists()
