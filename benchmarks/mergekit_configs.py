@@ -28,7 +28,6 @@ from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from memory import run  # noqa: E402
 from run import agreement, ensure_mergekit  # noqa: E402
 
 WORK = HERE / "_work" / "mk-family-fp32"
@@ -94,7 +93,7 @@ def configs(m: dict[str, str]) -> dict[str, tuple[dict, str]]:
         # typical community configs
         "slerp, slices + per-filter t gradients": ({"merge_method": "slerp", "base_model": a,
                                                     "slices": full_slices(a, c), "parameters": {"t": T_FILTERS},
-                                                    "tokenizer_source": "base"}, "exact"),
+                                                    "chat_template": "auto"}, "exact"),
         "dare_ties": ({"merge_method": "dare_ties", "base_model": base, "parameters": {"int8_mask": True},
                        "models": [{"model": base}] + [{"model": x, "parameters": {"density": 0.53, "weight": w}}
                                                       for x, w in ((a, 0.4), (b, 0.3), (c, 0.3))]}, "random"),
@@ -140,31 +139,41 @@ def distance(out: Path, base: Path) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--fresh", action="store_true", help="forget the rows of earlier runs")
     args = ap.parse_args()
     models = family()
     mergekit = ensure_mergekit()
     hfmerge = str(Path(sys.executable).parent / "hfmerge")
-    rows = []
+    done = WORK / "rows.jsonl"  # finished rows, kept across runs (--fresh starts over)
+    if args.fresh:
+        done.unlink(missing_ok=True)
+    rows = [json.loads(line) for line in done.read_text().splitlines()] if done.exists() else []
     for name, (mk, kind) in configs(models).items():
+        if any(r["config"] == name for r in rows):
+            continue
         mk = {**mk, "dtype": "float32"}
         cfg = WORK / "config.yml"
         cfg.write_text(yaml.safe_dump(mk, sort_keys=False))
         row: dict = {"config": name, "method": mk["merge_method"]}
         hf_t, mk_t = [], []
         for _ in range(args.repeats):
+            for out in ("out-hf", "out-mk"):
+                subprocess.run(["rm", "-rf", str(WORK / out)], check=True)
             t0 = time.perf_counter()
             res = subprocess.run([hfmerge, "merge", str(cfg), "-o", str(WORK / "out-hf"), "--overwrite", "-q"],
                                  capture_output=True, text=True)
             hf_t.append(time.perf_counter() - t0)
             if res.returncode:
                 row["hfmerge"] = "refused: " + res.stderr.strip().splitlines()[-1].split("not supported: ")[-1]
-            t, _ = run([str(mergekit), str(cfg), str(WORK / "out-mk"), "--no-copy-tokenizer", "--allow-crimes",
-                        "--random-seed", "0", "--no-write-model-card"])
-            mk_t.append(t)
+            t0 = time.perf_counter()
+            subprocess.run([str(mergekit), str(cfg), str(WORK / "out-mk"), "--no-copy-tokenizer", "--allow-crimes",
+                            "--random-seed", "0", "--no-write-model-card"], capture_output=True)
+            mk_t.append(time.perf_counter() - t0)
         mk_ok = (WORK / "out-mk" / "model.safetensors").exists() or any((WORK / "out-mk").glob("*.safetensors"))
         row.update(hfmerge_s=round(statistics.median(hf_t), 1), mergekit_s=round(statistics.median(mk_t), 1))
         if "hfmerge" not in row:
             row["hfmerge"] = "runs"
+        if row["hfmerge"] == "runs" and mk_ok:
             row["ratio"] = round(row["hfmerge_s"] / row["mergekit_s"], 2)
             if kind == "exact":
                 row["agreement"] = round(agreement(WORK / "out-hf", WORK / "out-mk"), 6)
@@ -177,6 +186,8 @@ def main() -> None:
         for out in ("out-hf", "out-mk"):
             subprocess.run(["rm", "-rf", str(WORK / out)], check=True)
         rows.append(row)
+        with done.open("a") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
         print(json.dumps(row, ensure_ascii=False), flush=True)
     lines = ["| config | merge_method | hfmerge | agreement with mergekit | hfmerge s | mergekit s | ratio |",
              "|---|---|---|---|---|---|---|"]
