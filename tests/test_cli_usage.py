@@ -168,16 +168,21 @@ def _filled(cmd) -> tuple[list[str], bool]:
     return args, variadic
 
 
-@pytest.mark.parametrize("case", LEAVES, ids=_id)
+def _extra_word(cmd) -> str | None:
+    """What ``hfmerge CMD ... word`` must say: an unexpected extra argument, or (when CMD takes any number of
+    arguments, so the word is one) the required option still missing; None when the word completes the command."""
+    _, variadic = _filled(cmd)
+    if not variadic:
+        return "unexpected extra argument"
+    return "Missing option" if any(p.param_type_name == "option" for p in _required(cmd)) else None
+
+
+@pytest.mark.parametrize("case", [c for c in LEAVES if _extra_word(c[1])], ids=_id)
 def test_unknown_subcommand_of_a_command(case):
-    """``hfmerge CMD word``: an unexpected extra argument (exit 2) unless CMD takes any number of arguments, where
-    the word is an argument: then, with a required option still missing, the missing option (exit 2)."""
     path, cmd = case
     filled, variadic = _filled(cmd)
-    if not variadic:
-        assert_usage_error(*invoke(*path, *filled, "deploy-nothing"), "unexpected extra argument")
-    elif _required(cmd) and any(p.param_type_name == "option" for p in _required(cmd)):
-        assert_usage_error(*invoke(*path, "deploy-nothing"), "Missing option")
+    words = ["deploy-nothing"] if variadic else [*filled, "deploy-nothing"]
+    assert_usage_error(*invoke(*path, *words), _extra_word(cmd))
 
 
 def test_usage_errors_of_the_commands_themselves(tmp_path):
