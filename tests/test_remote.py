@@ -116,6 +116,8 @@ def test_bridge_latency_bandwidth_equal_local_bytes_and_requests(family_on_hub, 
     small = tr["requests"] - data - 3  # the 3 header heads
     assert c["resolve"] >= tr["requests"] and c["bridge"] >= data + 3
     assert data <= tr["requests"] <= data + 3 + 20 and small <= 20, (tr, dict(c))
+    # ≤ 64 /resolve per GiB at 32 MiB ranges = ≤ 2 per BLOCK-sized share of the bytes fetched (small files included)
+    assert c["resolve"] * BLOCK <= 2 * tr["bytes_fetched"], (dict(c), tr)
     assert tr["peak_buffered_bytes"] <= BUDGET and tr["block_bytes"] == BLOCK
     assert c["max_active"] >= 2  # ranges were in flight side by side
 
