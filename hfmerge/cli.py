@@ -156,11 +156,12 @@ def methods() -> None:
 
 def _register_command_groups() -> None:
     """Command groups living in their own modules (hub, eval, ...) add themselves to ``app``."""
-    from hfmerge import cli_eval, cli_hub, cli_study
+    from hfmerge import cli_eval, cli_hub, cli_space, cli_study
 
     cli_hub.register(app)
     cli_eval.register(app)
     cli_study.register(app)
+    cli_space.register(app)
 
 
 _register_command_groups()

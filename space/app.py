@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -22,6 +25,20 @@ import space_plots as sp  # noqa: E402
 from space_playground import PlaygroundBackend, PlaygroundResult, default_backend  # noqa: E402
 
 HUB_TTL = float(os.environ.get("HFMERGE_HUB_TTL", "3600"))
+# Load bounds: the Playground's merges and generations run one at a time (gradio queue, one concurrency group),
+# each stopped after PLAYGROUND_SECONDS; tables and plots have their own group and never wait behind them.
+PLAYGROUND_SECONDS = float(os.environ.get("HFMERGE_PLAYGROUND_SECONDS", "60"))
+HEAVY = "playground"  # concurrency_id of Playground merges and generations
+HEAVY_LIMIT = int(os.environ.get("HFMERGE_PLAYGROUND_CONCURRENCY", "1"))
+LIGHT = "tables"  # concurrency_id of the leaderboard, compare, trade-offs, Hub refresh
+LIGHT_LIMIT = int(os.environ.get("HFMERGE_TABLES_CONCURRENCY", "4"))
+LIGHT_QUEUE = {"concurrency_id": LIGHT, "concurrency_limit": LIGHT_LIMIT}
+QUEUE_SIZE = int(os.environ.get("HFMERGE_QUEUE_SIZE", "200"))
+MAX_NEW_TOKENS, MAX_PROMPT_CHARS = 64, 500
+CSS = """
+#leaderboard thead th, #cmp-delta thead th, #cmp-config thead th { vertical-align: bottom; }
+#leaderboard thead th .header-content, #leaderboard thead th span { white-space: nowrap; }
+"""
 SOURCE_LABELS = {v: k for k, v in sd.SOURCES.items()}
 COST = {"Merge seconds": ("merge_seconds", "merge cost (seconds, wall clock)"),
         "Peak memory": ("peak_gib", "merge cost (peak memory, GiB)")}
@@ -41,7 +58,7 @@ def leaderboard(store: sd.Store, base: str | None, methods: list[str] | None, so
     shown = sd.filter_rows(rows, base, methods, keys)
     shown = sd.sort_rows(shown, sd.sort_options(rows).get(sort_label or "", "norm_perf"), bool(descending))
     frame = sd.leaderboard_frame(shown, rows)
-    summary = "" if store.merges() else f"**No results yet.** {store.notice()} "
+    summary = "" if store.merges() else "**No results yet** (see the note above). "
     if not shown:
         summary += "No merge matches these filters."
     else:
@@ -78,6 +95,56 @@ def tradeoffs(store: sd.Store, base: str | None, cost_label: str | None):
     return fig_f, fig_c, sp.published_strip(rows)
 
 
+class _Rendered:
+    """Outputs of the figure handlers with their figures already encoded as PNG, kept per (handler, inputs,
+    data version): drawing and encoding a figure costs 0.1-1 s of CPU, the same views are asked for again and
+    again, and every visitor shares the process's two cores."""
+
+    def __init__(self, size: int = 256):
+        self.size, self.lock, self.items = size, threading.Lock(), {}
+
+    def get(self, key, make):
+        with self.lock:
+            if key in self.items:
+                return self.items[key]
+        value = make()
+        with self.lock:
+            if len(self.items) >= self.size:
+                self.items.pop(next(iter(self.items)))
+            self.items[key] = value
+        return value
+
+
+RENDERED = _Rendered()
+
+
+def _encoded(value):
+    """A matplotlib figure as the PNG data gr.Plot passes through unchanged."""
+    from gradio.components.plot import PlotData
+    from gradio.processing_utils import encode_plot_to_base64
+    from matplotlib.figure import Figure
+
+    if isinstance(value, Figure):
+        return PlotData(type="matplotlib", plot=encode_plot_to_base64(value, "png"))
+    return value
+
+
+def rendered(store: sd.Store, handler):
+    """``handler(store, *args)`` for an event, served from RENDERED while the data have not changed."""
+    def fn(*args):
+        key = (handler.__name__, store.version(), json_key(args))
+        return RENDERED.get(key, lambda: tuple(_encoded(v) for v in handler(store, *args)))
+
+    fn.__name__ = handler.__name__
+    return fn
+
+
+def json_key(value) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def compare_choices(store: sd.Store) -> list[tuple[str, str]]:
     return [(f"{r['name']} · {r['method']} ({sd.SOURCES[r['source']]})", r["id"]) for r in store.merges()]
 
@@ -93,13 +160,14 @@ def playground_run(backend: PlaygroundBackend | None, method: str, values: dict,
     if backend is None:
         return "The Playground is not available here.", pd.DataFrame(), playground_plot(None, history), history
     try:
+        if method not in backend.methods():
+            raise ValueError(f"pick a method from the list ({', '.join(backend.methods())})")
         names = [s.name for s in backend.methods()[method]]
         params = {n: values[n] for n in names if n in values}
         params = {k: int(v) if k == "k" else v for k, v in params.items()}
-        result = backend.merge_and_score(method, params)
+        result = backend.merge_and_score(method, params, deadline=time.monotonic() + PLAYGROUND_SECONDS)
     except Exception as e:  # noqa: BLE001 - a failed merge is a message, not a traceback
-        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        return f"**Merge failed:** {msg}", pd.DataFrame(), playground_plot(backend, history), history
+        return f"**Merge failed:** {visitor_message(e)}", pd.DataFrame(), playground_plot(backend, history), history
     history.append(_point(result))
     status = (f"Merged with **{method}** ({sd.params_text(result.parameters)}) in {result.merge_seconds:.1f} s, "
               f"scored in {result.score_seconds:.1f} s: normalized performance "
@@ -146,12 +214,24 @@ def generate_pair(backend: PlaygroundBackend | None, prompt: str, model_a: str, 
     if not (prompt or "").strip():
         return "Type a prompt first.", ""
     outs = []
+    n = max(1, min(int(max_new_tokens or 1), MAX_NEW_TOKENS))
     for m in (model_a, model_b):
         try:
-            outs.append(backend.generate(m, prompt, int(max_new_tokens)))
-        except Exception as e:  # noqa: BLE001
-            outs.append(f"[{m}: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}]")
+            outs.append(backend.generate(m, prompt[:MAX_PROMPT_CHARS], n, max_seconds=PLAYGROUND_SECONDS / 2))
+        except Exception as e:  # noqa: BLE001 - shown to the visitor as a sentence
+            outs.append(f"[{m}: {visitor_message(e)}]")
     return outs[0], outs[1]
+
+
+def visitor_message(e: BaseException) -> str:
+    """Our own errors (bad parameters, time limit) are one actionable line; anything else is logged for the
+    Space's owner and the visitor gets a sentence, never an exception's class or text."""
+    from space_playground import PlaygroundError
+
+    if isinstance(e, PlaygroundError | ValueError) or type(e).__name__ == "HfMergeError":
+        return (str(e).splitlines() or ["invalid parameters"])[0]
+    traceback.print_exception(e, file=sys.stderr)
+    return "something went wrong on the server with these settings; try other parameters or another method."
 
 
 # ---- the Blocks ----------------------------------------------------------------------------------------------------
@@ -185,9 +265,10 @@ def build_app(store: sd.Store | None = None, backend: PlaygroundBackend | None =
                                      show_search="search")
                 inputs = [base, methods, sources, sort, desc]
                 for c in inputs:
-                    c.change(lambda *a: leaderboard(store, *a), inputs, [table, count], api_name=False)
+                    c.change(lambda *a: leaderboard(store, *a), inputs, [table, count], api_name=False,
+                             **LIGHT_QUEUE)
                 gr.Button("Apply", visible=False).click(lambda *a: leaderboard(store, *a), inputs, [table, count],
-                                                        api_name="leaderboard")
+                                                        api_name="leaderboard", **LIGHT_QUEUE)
 
             with gr.Tab("Compare", id="compare"):
                 choices = compare_choices(store)
@@ -200,7 +281,8 @@ def build_app(store: sd.Store | None = None, backend: PlaygroundBackend | None =
                                      elem_id="cmp-delta")
                 configs = gr.Dataframe(label="Configs side by side", interactive=False, wrap=True,
                                        elem_id="cmp-config")
-                go.click(lambda ids: compare(store, ids), [pick], [status, bars, delta, configs], api_name="compare")
+                go.click(rendered(store, compare), [pick], [status, bars, delta, configs], api_name="compare",
+                         **LIGHT_QUEUE)
 
             with gr.Tab("Trade-offs", id="tradeoffs"):
                 gr.Markdown("As in MergeBench's figures: higher is better on both axes of the left plot; cheaper "
@@ -217,17 +299,52 @@ def build_app(store: sd.Store | None = None, backend: PlaygroundBackend | None =
                 p_plot = gr.Plot(label="Published (MergeBench paper, Table 7)", elem_id="to-published",
                                  format="png", show_label=False)
                 for c in (to_base, cost):
-                    c.change(lambda b, k: tradeoffs(store, b, k), [to_base, cost], [f_plot, c_plot, p_plot],
-                             api_name=False)
-                demo.load(lambda b, k: tradeoffs(store, b, k), [to_base, cost], [f_plot, c_plot, p_plot],
-                          api_name="tradeoffs")
+                    c.change(rendered(store, tradeoffs), [to_base, cost], [f_plot, c_plot, p_plot],
+                             api_name=False, **LIGHT_QUEUE)
+                demo.load(rendered(store, tradeoffs), [to_base, cost], [f_plot, c_plot, p_plot],
+                          api_name="tradeoffs", **LIGHT_QUEUE)
 
             with gr.Tab("Playground", id="playground"):
                 _playground(backend, backend_note)
 
-        refresh.click(lambda: refresh_hub(store), None, [notice, pick, base], api_name="refresh_hub").then(
-            lambda *a: leaderboard(store, *a), inputs, [table, count], api_name=False)
+        refresh.click(lambda: refresh_hub(store), None, [notice, pick, base], api_name="refresh_hub",
+                      **LIGHT_QUEUE).then(lambda *a: leaderboard(store, *a), inputs, [table, count],
+                                          api_name=False, **LIGHT_QUEUE)
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=LIGHT_LIMIT)
     return demo
+
+
+def launch(demo: gr.Blocks, **kwargs):
+    """``demo.launch`` with the Space's styles (Gradio 6 takes css at launch)."""
+    kwargs.setdefault("share", False)
+    kwargs.setdefault("ssr_mode", False)
+    return demo.launch(css=CSS, **kwargs)
+
+
+class _Running:
+    """How many Playground runs are going now (for the "busy, queued" message)."""
+
+    def __init__(self):
+        self.n, self.lock = 0, threading.Lock()
+
+    def __enter__(self):
+        with self.lock:
+            self.n += 1
+
+    def __exit__(self, *exc):
+        with self.lock:
+            self.n -= 1
+
+
+HEAVY_RUNS = _Running()
+
+
+def announce() -> str:
+    """Shown at once on Merge & score, before the run gets its turn in the queue."""
+    if HEAVY_RUNS.n >= HEAVY_LIMIT:
+        return (f"**Busy, queued:** another visitor's Playground run is going; yours starts as soon as it ends "
+                f"(each run takes at most {PLAYGROUND_SECONDS:.0f} s). The queue position shows here.")
+    return "Merging and scoring…"
 
 
 def _playground(backend: PlaygroundBackend | None, note: str | None) -> None:
@@ -253,6 +370,9 @@ def _playground(backend: PlaygroundBackend | None, note: str | None) -> None:
                                                  info=s.help, visible=visible, elem_id=f"pg-{s.name}")
     names = list(controls)
     run = gr.Button("Merge & score", variant="primary", elem_id="pg-run")
+    gr.Markdown(f"One Playground run (merge or generation) at a time for everyone: when another visitor's run is "
+                f"going, yours waits in the queue (its place shows on the result) and each run stops after "
+                f"{PLAYGROUND_SECONDS:.0f} s. The other tabs never wait for it.", elem_id="pg-queue-note")
     status = gr.Markdown("Pick a method, move its parameters, press Merge & score.", elem_id="pg-status")
     history = gr.State([])
     with gr.Row():
@@ -265,14 +385,16 @@ def _playground(backend: PlaygroundBackend | None, note: str | None) -> None:
         return [gr.update(visible=n in wanted, **({"value": wanted[n].default} if n in wanted else {}))
                 for n in names]
 
-    method.change(on_method, [method], [controls[n] for n in names], api_name=False)
+    method.change(on_method, [method], [controls[n] for n in names], api_name=False, **LIGHT_QUEUE)
 
     def on_run(m, *args):
         *values, hist = args
-        return playground_run(backend, m, dict(zip(names, values, strict=True)), hist)
+        with HEAVY_RUNS:
+            return playground_run(backend, m, dict(zip(names, values, strict=True)), hist)
 
-    run.click(on_run, [method, *[controls[n] for n in names], history], [status, result, plot, history],
-              api_name="playground_merge")
+    run.click(announce, None, [status], api_name=False, queue=False).then(
+        on_run, [method, *[controls[n] for n in names], history], [status, result, plot, history],
+        api_name="playground_merge", concurrency_id=HEAVY, concurrency_limit=HEAVY_LIMIT)
 
     gr.Markdown("### Generate side by side")
     models = backend.models()
@@ -286,8 +408,12 @@ def _playground(backend: PlaygroundBackend | None, note: str | None) -> None:
     with gr.Row():
         out_a = gr.Textbox(label="Model A says", elem_id="pg-out-a", interactive=False)
         out_b = gr.Textbox(label="Model B says", elem_id="pg-out-b", interactive=False)
-    gen.click(lambda p, a, b, n: generate_pair(backend, p, a, b, n), [prompt, model_a, model_b, tokens],
-              [out_a, out_b], api_name="generate")
+    def on_generate(p, a, b, n):
+        with HEAVY_RUNS:
+            return generate_pair(backend, p, a, b, n)
+
+    gen.click(on_generate, [prompt, model_a, model_b, tokens], [out_a, out_b], api_name="generate",
+              concurrency_id=HEAVY, concurrency_limit=HEAVY_LIMIT)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -297,12 +423,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     args = parser.parse_args(argv)
+    try:  # tiny Playground models: one core merges, the other serves the tables
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
     store = sd.Store()
     if store.hub is not None:
         age = store.hub.age_seconds()
         if age is None or age > HUB_TTL:
             print(store.refresh_hub(), flush=True)
-    build_app(store).launch(server_name=args.host, server_port=args.port, share=False, ssr_mode=False)
+    launch(build_app(store), server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

@@ -458,8 +458,19 @@ class Store:
 
     def reload(self) -> None:
         self.local, self.notices["local"] = load_results_folder(self.results)
+        self.generation = getattr(self, "generation", 0) + 1
         if self.hub is not None:
             self.notices.setdefault("hub", self.hub.notice())
+
+    def version(self) -> tuple:
+        """Changes whenever the rows may have: a reload, a new Hub cache."""
+        hub = None
+        if self.hub is not None:
+            try:
+                hub = self.hub.cache_file.stat().st_mtime_ns
+            except OSError:
+                hub = 0
+        return self.generation, hub
 
     def refresh_hub(self) -> str:
         if self.hub is None:

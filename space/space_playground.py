@@ -44,6 +44,17 @@ METHODS = ("task_arithmetic", "ties", "dare", "consensus", "localize_stitch", "s
 SLIDER = {"scaling": (0.05, 2.0, 0.05), "density": (0.05, 1.0, 0.05), "drop_rate": (0.0, 0.95, 0.05),
           "mask_lambda": (0.0, 1.0, 0.05), "k": (1, 5, 1), "sparsity": (0.05, 1.0, 0.05)}
 CHOICES = {"aggregate", "topk_scope"}
+DEPLOYED_FAMILY = Path(__file__).resolve().parent / "playground"  # what `hfmerge space deploy` ships
+
+
+class PlaygroundError(Exception):
+    """A Playground run that cannot go on, with a sentence the visitor can act on."""
+
+
+def _check(deadline: float | None, what: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise PlaygroundError(f"stopped: the {what} took longer than the Playground's time limit; try fewer "
+                              "parameters moved at once, or again when the Space is less busy")
 
 
 @dataclass
@@ -79,11 +90,13 @@ class PlaygroundBackend(Protocol):
 
     def reference_points(self) -> list[dict]: ...  # e.g. the base, on the same measures
 
-    def merge_and_score(self, method: str, parameters: dict) -> PlaygroundResult: ...
+    def merge_and_score(self, method: str, parameters: dict, deadline: float | None = None) -> PlaygroundResult:
+        ...  # stops with PlaygroundError once time.monotonic() passes ``deadline``
 
     def models(self) -> list[str]: ...  # names generate() accepts ("base", experts, "last merge")
 
-    def generate(self, model: str, prompt: str, max_new_tokens: int = 24) -> str: ...
+    def generate(self, model: str, prompt: str, max_new_tokens: int = 24, max_seconds: float | None = None) -> str:
+        ...
 
 
 def method_sliders(method: str, n_experts: int) -> list[Slider]:
@@ -169,7 +182,7 @@ class LocalFamilyBackend:
         return self._tokenizer
 
     # -- scoring ----------------------------------------------------------------------------------------------
-    def _score(self, model, rows: list[dict]) -> tuple[float, float]:
+    def _score(self, model, rows: list[dict], deadline: float | None = None) -> tuple[float, float]:
         """(geometric mean probability of the completion tokens, exact-match rate) over ``rows``."""
         import torch
 
@@ -177,6 +190,7 @@ class LocalFamilyBackend:
         total_lp, n_tokens, exact = 0.0, 0, 0
         with torch.no_grad():
             for r in rows:
+                _check(deadline, "scoring")
                 p_ids = tok(r["prompt"], add_special_tokens=False)["input_ids"]
                 c_ids = tok(r["completion"], add_special_tokens=False)["input_ids"]
                 if not c_ids:
@@ -194,11 +208,11 @@ class LocalFamilyBackend:
             return 0.0, 0.0
         return math.exp(total_lp / n_tokens), exact / len(rows)
 
-    def _scores(self, model) -> dict[str, dict[str, float]]:
+    def _scores(self, model, deadline: float | None = None) -> dict[str, dict[str, float]]:
         out = {"prob": {}, "em": {}}
         for d, rows in self.tasks.items():
-            out["prob"][d], out["em"][d] = self._score(model, rows)
-        out["general"] = self._score(model, self.general)[0]
+            out["prob"][d], out["em"][d] = self._score(model, rows, deadline)
+        out["general"] = self._score(model, self.general, deadline)[0]
         return out
 
     def _references(self) -> dict:
@@ -235,21 +249,24 @@ class LocalFamilyBackend:
         return [{"method": "base", "label": "base", "source": "reference", "norm_perf": norm,
                  "forgetting": forgetting}]
 
-    def merge_and_score(self, method: str, parameters: dict) -> PlaygroundResult:
+    def merge_and_score(self, method: str, parameters: dict, deadline: float | None = None) -> PlaygroundResult:
         from hfmerge.config import MergeConfig, ModelRef
         from hfmerge.engine import merge_state_dict
 
         if method not in METHODS:
             raise ValueError(f"method {method!r} is not offered here (choose one of {', '.join(METHODS)})")
         with self._lock:
+            _check(deadline, "wait for the previous run")
+            self._references()
             config = MergeConfig(method, str(self.base), [ModelRef(str(p)) for p in self.experts.values()],
                                  dict(parameters), dtype="float32")
             t0 = time.perf_counter()
             state = merge_state_dict(config)
             model = self._merged_model(state)
             merge_seconds = time.perf_counter() - t0
+            _check(deadline, "merge")
             t1 = time.perf_counter()
-            scores = self._scores(model)
+            scores = self._scores(model, deadline)
             norm, forgetting, normalized = self._measures(scores)
             self._last = model
             return PlaygroundResult(
@@ -278,7 +295,7 @@ class LocalFamilyBackend:
     def models(self) -> list[str]:
         return ["base", *self.experts, "last merge"]
 
-    def generate(self, model: str, prompt: str, max_new_tokens: int = 24) -> str:
+    def generate(self, model: str, prompt: str, max_new_tokens: int = 24, max_seconds: float | None = None) -> str:
         import torch
 
         with self._lock:
@@ -295,21 +312,21 @@ class LocalFamilyBackend:
             if tok.bos_token_id is not None:
                 ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)
             with torch.no_grad():
-                out = m.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                out = m.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, max_time=max_seconds,
                                  pad_token_id=tok.pad_token_id or tok.eos_token_id)
             return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def default_backend() -> tuple[PlaygroundBackend | None, str]:
     """The backend for HFMERGE_PLAYGROUND, or None and why the Playground is unavailable."""
-    folder = os.environ.get("HFMERGE_PLAYGROUND")
+    folder = os.environ.get("HFMERGE_PLAYGROUND") or (str(DEPLOYED_FAMILY) if DEPLOYED_FAMILY.is_dir() else None)
     if not folder:
         return None, ("The Playground needs a small model family: set HFMERGE_PLAYGROUND to a folder with "
                       "base/ and expert folders.")
     try:
         import hfmerge.engine  # noqa: F401
-    except ImportError as e:
-        return None, f"The Playground needs the hfmerge package ({e})."
+    except ImportError:
+        return None, "The Playground needs the hfmerge package: `pip install hfmerge` (the deployed Space has it)."
     try:
         return LocalFamilyBackend(folder), ""
     except (ValueError, OSError) as e:

@@ -55,7 +55,7 @@ def test_sample_results_load_every_merge():
 
 def test_missing_and_broken_files_are_states_not_crashes(tmp_path):
     rows, notice = sd.load_results_folder(tmp_path / "nope")
-    assert rows == [] and "no results yet" in notice
+    assert rows == [] and "does not exist" in notice and "HFMERGE_RESULTS" in notice
     rows, notice = sd.load_results_folder(tmp_path)
     assert rows == [] and "No merges" in notice
     only_report = tmp_path / "fresh"
@@ -73,6 +73,34 @@ def test_missing_and_broken_files_are_states_not_crashes(tmp_path):
     assert by["broken"]["problems"] and by["broken"]["method"] == "unknown"
     frame = sd.leaderboard_frame(rows)
     assert list(frame["Status"]).count("no results yet") == 2
+
+
+def test_demo_folder_means_its_results(tmp_path, monkeypatch):
+    """HFMERGE_RESULTS=demo_out finds the merges in demo_out/results (what `hfmerge demo` writes)."""
+    _copy_sample(tmp_path / "demo_out" / "results", ["ties", "soup"])
+    (tmp_path / "demo_out" / "mini-llama").mkdir()  # the demo's family folder is not a merge
+    monkeypatch.setenv("HFMERGE_RESULTS", str(tmp_path / "demo_out"))
+    rows, notice = sd.load_results_folder()
+    assert notice == "" and sorted(r["name"] for r in rows) == ["soup", "ties"]
+    monkeypatch.delenv("HFMERGE_RESULTS")
+    assert sd.results_dir() in (sd.SAMPLE_RESULTS, sd.DEPLOYED_RESULTS)
+
+
+def test_empty_store_says_it_once_and_hub_errors_are_sentences(tmp_path, monkeypatch):
+    import app
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    empty = sd.Store(tmp_path / "missing", use_hub=False)
+    _, summary = app.leaderboard(empty, sd.ALL_BASES, [], ALL_SOURCES, None)
+    assert "does not exist" in empty.notice() and "does not exist" not in summary  # the notice shows once
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    msg = sd.hub_problem(OfflineModeIsEnabled("Cannot reach https://x: offline mode is enabled. To disable it"),
+                         "https://huggingface.co")
+    assert msg == "Hub unreachable: offline mode is on (HF_HUB_OFFLINE); unset it to list Hub models."
+    msg = sd.hub_problem(ConnectionError("[Errno 111] Connection refused"), "http://127.0.0.1:9")
+    assert msg == "Hub unreachable: no answer from http://127.0.0.1:9 (offline?); press Refresh Hub to try again."
+    assert "Error" not in app.visitor_message(RuntimeError("CUDA out of memory in aten::mm"))
+    assert app.visitor_message(ValueError("density must be in (0, 1]")) == "density must be in (0, 1]"
 
 
 def test_report_mapping_and_results_only_measures(tmp_path):
@@ -213,7 +241,8 @@ def test_hub_source_refresh_cache_and_offline(tmp_path):
 
     close_session()  # drop kept-alive connections: the server is really gone now
     notice = hub.refresh()  # the Hub is gone: keep the cache, say so
-    assert notice.startswith("Hub unreachable") and "2 cached" in notice
+    assert notice.startswith("Hub unreachable: no answer from") and "2 cached" in notice
+    assert "Error" not in notice and "Exception" not in notice  # no class names shown to visitors
     assert len(hub.rows()) == 2
     again = sd.HubSource(tmp_path / "cache", endpoint=server.url)  # a fresh process reads the cache
     assert len(again.rows()) == 2
@@ -259,6 +288,33 @@ def test_playground_backend_merges_and_scores(playground_family):
     assert isinstance(a, str) and isinstance(b, str) and not b.startswith("[")
 
 
+def test_playground_time_limit_and_queue_groups(playground_family, monkeypatch):
+    """A run past its deadline stops with a sentence; heavy endpoints share one concurrency group of 1, the
+    table endpoints another (they never wait behind a merge)."""
+    import time
+
+    import app
+    from space_playground import LocalFamilyBackend, PlaygroundError
+
+    backend = LocalFamilyBackend(playground_family)
+    with pytest.raises(PlaygroundError, match="time limit"):
+        backend.merge_and_score("task_arithmetic", {"scaling": 0.5}, deadline=time.monotonic() - 1)
+    monkeypatch.setattr(app, "PLAYGROUND_SECONDS", -1.0)
+    status, *_ = app.playground_run(backend, "task_arithmetic", {"scaling": 0.5}, [])
+    assert status.startswith("**Merge failed:** stopped: the") and "time limit" in status
+    demo = app.build_app(sd.Store(SAMPLE, use_hub=False), backend, "")
+    groups = {}
+    for fn in demo.fns.values():
+        if fn.api_name:
+            groups[fn.api_name] = (fn.concurrency_id, fn.concurrency_limit)
+    assert groups["playground_merge"] == groups["generate"] == (app.HEAVY, 1)
+    for name in ("leaderboard", "compare", "tradeoffs", "refresh_hub"):
+        assert groups[name] == (app.LIGHT, app.LIGHT_LIMIT), name
+    assert "Busy, queued" not in app.announce()
+    with app.HEAVY_RUNS:
+        assert app.announce().startswith("**Busy, queued:**")
+
+
 def test_playground_fallback_and_unavailable(tmp_path, monkeypatch):
     from space_playground import LocalFamilyBackend, default_backend
 
@@ -301,3 +357,15 @@ def test_api_through_gradio_client(store, playground_family):
         assert "disabled" in notice
     finally:
         demo.close()
+
+
+def test_figure_cache_follows_the_data(store):
+    """Figures are drawn and encoded once per (view, data version); a reload draws them again."""
+    import app
+
+    fn = app.rendered(store, app.tradeoffs)
+    a = fn("All bases", "Peak memory")
+    assert fn("All bases", "Peak memory") is a and fn("All bases", "Merge seconds") is not a
+    assert a[0].type == "matplotlib" and "image/png" in a[0].plot[:40]
+    store.reload()
+    assert fn("All bases", "Peak memory") is not a

@@ -1,15 +1,16 @@
-"""The Space in a real browser: Playwright driving Debian's Chromium (never `playwright install`).
+"""The deployed Space in a real browser: Playwright driving Debian's Chromium (never `playwright install`).
 
-Filters the leaderboard, compares merges, runs one Playground merge and generates, and saves a screenshot of each
-tab to space/screenshots/ (committed for the README). Every request must stay on 127.0.0.1.
+The app is the copy `hfmerge space deploy` put on the loopback Hub, downloaded and run from its own files in a
+venv built from its requirements.txt (tests/space_deployed.py). Filters the leaderboard, compares merges, runs
+one Playground merge and generates, and saves a screenshot of each tab to space/screenshots/ (committed for the
+README). Every request must stay on 127.0.0.1.
 Chromium comes from apt (`apt-get install -y chromium`); without it this test FAILS, it does not skip.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -23,29 +24,12 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
+from tests.space_deployed import deployed_space  # noqa: E402, F401 - the shared session fixture
+
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    import app
-    import space_data as sd
-    from space_playground import LocalFamilyBackend
-
-    from tests.tiny import make_family
-
-    root = tmp_path_factory.mktemp("pg-browser")
-    make_family(root, n_experts=2)
-    for name in ("math", "coding"):  # experts named by domain, with task rows, as the mini-MergeBench lays out
-        shutil.move(root / f"expert{1 if name == 'math' else 2}", root / f"expert-{name}")
-    (root / "tasks").mkdir()
-    rows = {"math": ("two plus three equals", " five"), "coding": ("def add(a, b):", " return a + b"),
-            "general": ("the quick brown fox", " jumps over the lazy dog")}
-    for name, (p, c) in rows.items():
-        (root / "tasks" / f"{name}.jsonl").write_text(json.dumps({"prompt": p, "completion": c}) + "\n")
-    demo = app.build_app(sd.Store(SPACE / "sample_results", use_hub=False), LocalFamilyBackend(root), "")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=None, share=False, prevent_thread_lock=True,
-                            quiet=True, ssr_mode=False)
-    yield url
-    demo.close()
+def app_url(deployed_space):  # noqa: F811 - the copy deployed to the loopback Hub, run from its own files
+    return deployed_space.url
 
 
 def test_space_in_chromium(app_url):
@@ -55,6 +39,8 @@ def test_space_in_chromium(app_url):
     from playwright.sync_api import expect, sync_playwright
 
     SHOTS.mkdir(exist_ok=True)
+    started = time.time()
+    n = len(list((deployed_space_folder(app_url)).iterdir())) + 1 + 81  # results folder + Hub + published
     requests, errors = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
@@ -67,17 +53,21 @@ def test_space_in_chromium(app_url):
             # Leaderboard: everything, then one base, then one method of it.
             table = page.locator("#leaderboard")
             expect(table).to_contain_text("published (MergeBench paper)", timeout=20_000)
-            expect(page.locator("#lb-count")).to_contain_text("91 of 91 rows shown")
+            expect(page.locator("#lb-count")).to_contain_text(f"{n} of {n} rows shown")
+            header = table.locator("thead tr").first.bounding_box()
+            assert header and header["height"] <= 80, f"leaderboard header row is {header} px tall"
+            assert page.locator("#lb-notice").inner_text().count("Hub") <= 1  # the notice shows once
             page.locator("#lb-base input").click()
             page.get_by_role("option", name="mini-base", exact=True).click()
-            expect(page.locator("#lb-count")).to_contain_text("10 of 91 rows shown")
+            expect(page.locator("#lb-count")).to_contain_text(f"{n - 81} of {n} rows shown")
             expect(table).to_contain_text("task_arithmetic_tuned")
+            expect(table).to_contain_text("community-soup")  # the Hub model tagged hfmerge
             expect(table).not_to_contain_text("published (MergeBench paper)")
             page.screenshot(path=str(SHOTS / "leaderboard.png"), full_page=True)
             page.locator("#lb-methods input").click()
             page.get_by_role("option", name="ties", exact=True).click()
             page.keyboard.press("Escape")
-            expect(page.locator("#lb-count")).to_contain_text("1 of 91 rows shown")
+            expect(page.locator("#lb-count")).to_contain_text(f"1 of {n} rows shown")
             expect(table).to_contain_text("density=0.3")
 
             # Compare: the two preselected merges plus one picked by hand.
@@ -88,7 +78,8 @@ def test_space_in_chromium(app_url):
             page.locator("#compare-btn").click()
             expect(page.locator("#cmp-status")).to_contain_text("Comparing 3 merges", timeout=15_000)
             expect(page.locator("#cmp-bars img")).to_be_visible()
-            expect(page.locator("#cmp-delta")).to_contain_text("Δ dare vs consensus")
+            first, second = sorted(p.name for p in deployed_space_folder(app_url).iterdir())[:2]  # preselected
+            expect(page.locator("#cmp-delta")).to_contain_text(f"Δ {second} vs {first}")
             expect(page.locator("#cmp-config")).to_contain_text("parameters.density")
             page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
 
@@ -119,4 +110,12 @@ def test_space_in_chromium(app_url):
     assert hosts == {"127.0.0.1"}, f"requests left 127.0.0.1: {sorted(hosts)}"
     assert not errors, errors
     for name in ("leaderboard", "compare", "tradeoffs", "playground"):
-        assert (SHOTS / f"{name}.png").stat().st_size > 10_000
+        shot = SHOTS / f"{name}.png"
+        assert shot.stat().st_size > 10_000 and shot.stat().st_mtime >= started  # written by this run
+
+
+def deployed_space_folder(url: str) -> Path:
+    from tests.space_deployed import _STATE
+
+    assert _STATE["space"].url == url
+    return _STATE["space"].folder / "results"
