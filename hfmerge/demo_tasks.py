@@ -1,6 +1,7 @@
 """lighteval custom tasks of the mini-MergeBench (the `mini` suite): one generative exact-match task per domain
 and split (validation for tuning, test for scores) plus the general-knowledge task for forgetting. The data
-folder (Hub dataset-repo layout, one sub-folder per domain) comes from $HFMERGE_MINI_DATA."""
+folder (Hub dataset-repo layout, one sub-folder per domain, written by hfmerge.demo_data) comes from
+$HFMERGE_MINI_DATA."""
 
 import os
 
@@ -20,6 +21,6 @@ TASKS_TABLE = [
     LightevalTaskConfig(name=f"mini_{domain}_{split}", prompt_function=prompt, hf_repo=f"{DATA}/{domain}",
                         hf_subset="default", metrics=[Metrics.exact_match],
                         hf_avail_splits=["train", "validation", "test"], evaluation_splits=[split],
-                        few_shots_split=None, few_shots_select=None, generation_size=16, stop_sequence=["\n"])
+                        few_shots_split=None, few_shots_select=None, generation_size=24, stop_sequence=["\n"])
     for domain in DOMAINS for split in ("validation", "test")
 ]
