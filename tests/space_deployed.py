@@ -2,9 +2,10 @@
 empty folder, run by a venv built from nothing but its requirements.txt. Shared by test_space_deploy and
 test_space_browser (one deploy and one app process per test session).
 
-The venv is built once and kept in ~/.cache/hfmerge/space-venv-<hash of requirements.txt without the wheel line>
-(HFMERGE_SPACE_VENV overrides the folder): a build takes minutes (torch, gradio, transformers); each session
-then reinstalls the freshly deployed hfmerge wheel into it with --no-deps.
+The venv is built once and kept in ~/.cache/hfmerge/space-venv-<hash of requirements.txt without the wheel line,
+hfmerge's own dependencies and the Python version> (HFMERGE_SPACE_VENV overrides the folder): a build takes
+minutes (torch, gradio, transformers); each session then reinstalls the freshly deployed hfmerge wheel into it
+with --no-deps.
 """
 
 from __future__ import annotations
@@ -90,16 +91,29 @@ def _publish_tagged(server, tmp: Path) -> str:
     return repo
 
 
-def _requirements_key(req: Path) -> str:
+def _wheel_requires(wheel: Path) -> list[str]:
+    """hfmerge's own dependencies (Requires-Dist without extras), from the wheel's METADATA."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        lines = z.read(meta).decode().splitlines()
+    return sorted(ln for ln in lines if ln.startswith("Requires-Dist:") and "extra ==" not in ln)
+
+
+def _requirements_key(req: Path, extra: list[str] | None = None) -> str:
+    """Changes with the requirements (not the wheel's name), hfmerge's own dependencies and the Python."""
     lines = [ln.strip() for ln in req.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    kept = [ln for ln in lines if not ln.startswith("./wheels/")]
+    kept = [ln for ln in lines if not ln.startswith("./wheels/")] + list(extra or [])
     return hashlib.sha256(("\n".join(kept) + sys.version).encode()).hexdigest()[:16]
 
 
 def build_venv(folder: Path) -> tuple[Path, float, float]:
     """(venv, seconds to build it or 0 when cached, seconds to install this deploy's wheel)."""
     req = folder / "requirements.txt"
-    venv = Path(os.environ.get("HFMERGE_SPACE_VENV") or VENV_ROOT / f"space-venv-{_requirements_key(req)}")
+    wheel = next((folder / "wheels").glob("hfmerge-*.whl"))
+    key = _requirements_key(req, _wheel_requires(wheel))
+    venv = Path(os.environ.get("HFMERGE_SPACE_VENV") or VENV_ROOT / f"space-venv-{key}")
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     built = 0.0
     if not (venv / ".complete").exists():
@@ -112,7 +126,6 @@ def build_venv(folder: Path) -> tuple[Path, float, float]:
         built = time.perf_counter() - t0
         (venv / ".complete").write_text(f"{built:.0f} s\n")
     t1 = time.perf_counter()
-    wheel = next((folder / "wheels").glob("hfmerge-*.whl"))
     proc = subprocess.run([*pip, "--no-deps", "--force-reinstall", str(wheel)], cwd=folder, capture_output=True,
                           text=True)
     if proc.returncode:
