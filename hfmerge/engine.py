@@ -72,8 +72,41 @@ def is_skipped(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+QUANTIZED_FIX = ("merging quantized weights is not supported: dequantize it to bf16 first (transformers: load it, "
+                 "model.dequantize(), save_pretrained)")
+LOW_PRECISION_FLOATS = ("F8_", "F6_", "F4")  # float8/6/4 dtypes only quantized checkpoints store
+
+
+def refuse_quantized(base: Checkpoint, experts: list[Checkpoint], skip: list[str]) -> None:
+    """Refuse quantized or non-float checkpoints: a ``quantization_config``, float8/6/4 tensors, or a tensor whose
+    dtype class (float or not) differs from the base's. Otherwise such tensors would be copied from the base
+    (non-float dtypes are never merged), and the output would quietly be the base for them."""
+    for c in (base, *experts):
+        qc = c.config.get("quantization_config") or (c.config.get("text_config") or {}).get("quantization_config")
+        if qc:
+            method = qc.get("quant_method", "?") if isinstance(qc, dict) else "?"
+            raise HfMergeError(f"{c.ref}/config.json has a quantization_config (quant_method {method}): "
+                               f"{QUANTIZED_FIX}")
+    for n, t in base.tensors.items():
+        if is_skipped(n, skip):
+            continue
+        if t.dtype.startswith(LOW_PRECISION_FLOATS):
+            raise HfMergeError(f"{base.ref}/{t.file}: tensor {n} is {t.dtype} (quantized): {QUANTIZED_FIX}")
+        for e in experts:
+            et = e.tensors.get(n)
+            if et is None or et.dtype == t.dtype or (et.dtype in FLOAT_DTYPES and t.dtype in FLOAT_DTYPES):
+                continue
+            if t.dtype in FLOAT_DTYPES or et.dtype in FLOAT_DTYPES:
+                raise HfMergeError(f"{e.ref}/{et.file}: tensor {n} is {et.dtype} where the base {base.ref} has "
+                                   f"{t.dtype}: {QUANTIZED_FIX}")
+            raise HfMergeError(f"{e.ref}/{et.file}: tensor {n} is {et.dtype} where the base {base.ref} has {t.dtype}: "
+                               "non-float tensors are copied from the base and must match it")
+
+
 def validate(base: Checkpoint, experts: list[Checkpoint], skip: list[str]) -> list[str]:
-    """Check the experts are fine-tunes of the base; returns the names of the tensors to merge."""
+    """Check the experts are fine-tunes of the base (and nothing is quantized); returns the names of the tensors
+    to merge."""
+    refuse_quantized(base, experts, skip)
     for e in experts:
         for key in CONFIG_KEYS:
             if base.config.get(key) != e.config.get(key):

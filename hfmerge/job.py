@@ -5,8 +5,6 @@ memory, and write the config, the resolved recipe, merge_report.json and the mod
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +23,7 @@ from hfmerge.methods.registry import get_method
 from hfmerge.remote import transfer_report
 from hfmerge.sources import Checkpoint, open_checkpoint, open_reader
 from hfmerge.stats.store import compute_stats, open_stats
-from hfmerge.writer import MemoryWriter, ShardWriter, parse_size
+from hfmerge.writer import MemoryWriter, OutputFolder, ShardWriter, parse_size
 
 COPIED_FILES = (
     "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -96,51 +94,41 @@ def merge(config: MergeConfig, out: str | Path, *, shard_size: int | str = "5GB"
 
     The output appears only when complete (written to a sibling temp folder, then renamed)."""
     start = time.perf_counter()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise HfMergeError(f"output {out} already exists: pass --overwrite or choose another folder")
     shard_bytes = parse_size(shard_size)
-    with open_merger(config, device=device, chunk_numel=chunk_numel, progress=progress,
-                     download=download) as (merger, stats):
+    with OutputFolder(out, overwrite=overwrite) as output, open_merger(
+            config, device=device, chunk_numel=chunk_numel, progress=progress, download=download) as (merger, stats):
         sources = [merger.base, *merger.experts]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.hfmerge-tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            run_stats = merger.run(ShardWriter(tmp, merger.out_tensors(), shard_bytes))
-            _write_metadata(tmp, merger)
-            resolved = resolved_config(config, merger)
-            (tmp / "hfmerge.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
-            report = {
-                "hfmerge_version": __version__,
-                "torch_version": torch.__version__,
-                "method": merger.method.name,
-                "parameters": resolved["parameters"],
-                "dtype": merger.out_dtype_name,
-                "device": device,
-                "sources": [
-                    {"role": "base" if c is merger.base else "expert", "ref": c.ref, "revision": c.revision,
-                     "weight_bytes": c.weight_bytes, "bytes_read": c.bytes_read,
-                     "bytes_fetched": getattr(c.reader, "bytes_fetched", None),
-                     **({"transfer": c.reader.transfer_stats()} if hasattr(c.reader, "transfer_stats") else {})}
-                    for c in sources
-                ],
-                "statistics": [{"expert": m.source, "folder": str(f), **_sidecar(f)} for m, (f, _) in
-                               zip(config.models, stats, strict=True)] if stats else None,
-                "bytes_read": sum(c.bytes_read for c in sources),
-                "transfer": transfer_report(c.reader for c in sources),
-                **run_stats,
-                "wall_seconds": round(time.perf_counter() - start, 3),
-                "peak_rss_bytes": peak_rss_bytes(),
-                "license": base_license(merger.base.reader.read_file("README.md")),
-            }
-            (tmp / "merge_report.json").write_text(json.dumps(report, indent=2) + "\n")
-            write_card(tmp, resolved, report)
-            _publish(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        tmp = output.stage(sum(t.nbytes for t in merger.out_tensors()))
+        run_stats = merger.run(ShardWriter(tmp, merger.out_tensors(), shard_bytes))
+        _write_metadata(tmp, merger)
+        resolved = resolved_config(config, merger)
+        (tmp / "hfmerge.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+        report = {
+            "hfmerge_version": __version__,
+            "torch_version": torch.__version__,
+            "method": merger.method.name,
+            "parameters": resolved["parameters"],
+            "dtype": merger.out_dtype_name,
+            "device": device,
+            "sources": [
+                {"role": "base" if c is merger.base else "expert", "ref": c.ref, "revision": c.revision,
+                 "weight_bytes": c.weight_bytes, "bytes_read": c.bytes_read,
+                 "bytes_fetched": getattr(c.reader, "bytes_fetched", None),
+                 **({"transfer": c.reader.transfer_stats()} if hasattr(c.reader, "transfer_stats") else {})}
+                for c in sources
+            ],
+            "statistics": [{"expert": m.source, "folder": str(f), **_sidecar(f)} for m, (f, _) in
+                           zip(config.models, stats, strict=True)] if stats else None,
+            "bytes_read": sum(c.bytes_read for c in sources),
+            "transfer": transfer_report(c.reader for c in sources),
+            **run_stats,
+            "wall_seconds": round(time.perf_counter() - start, 3),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "license": base_license(merger.base.reader.read_file("README.md")),
+        }
+        (tmp / "merge_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_card(tmp, resolved, report)
+        output.publish()
         return report
 
 
@@ -170,17 +158,6 @@ def resolve_stats(config: MergeConfig, progress: bool = True) -> list[tuple[Path
 def _sidecar(folder: Path) -> dict:
     meta = json.loads((Path(folder) / "stats.json").read_text())
     return {k: meta.get(k) for k in ("kind", "data_ref", "examples", "seconds", "key")}
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Atomically replace ``out`` with ``tmp`` (the old folder is removed only after the swap)."""
-    if out.exists():
-        trash = out.parent / f".{out.name}.hfmerge-old-{os.getpid()}"
-        os.rename(out, trash)
-        os.rename(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def _device_available(device: str) -> bool:

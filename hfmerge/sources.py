@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import threading
 from dataclasses import dataclass
 from math import prod
@@ -22,6 +21,7 @@ from typing import Protocol
 
 import torch
 
+from hfmerge import safetensors_header
 from hfmerge.errors import HfMergeError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -163,23 +163,53 @@ def _read_into(fd: int, view: memoryview) -> int:
 
 
 def parse_header(reader: Reader, file: str) -> dict[str, TensorInfo]:
-    """Tensor locations from one safetensors file's header (8-byte length + JSON)."""
-    try:
-        (n,) = struct.unpack("<Q", bytes(reader.read_range(file, 0, 8)))
-        if n > MAX_HEADER:
-            raise ValueError("header too large")
-        header = json.loads(bytes(reader.read_range(file, 8, n)))
-    except (ValueError, struct.error) as e:
-        raise HfMergeError(f"{reader.label}/{file} is not a valid safetensors file ({e})") from None
+    """Tensor locations from one safetensors file's header, validated by every rule of the format
+    (:mod:`hfmerge.safetensors_header`) against the file's size; a local file is also opened by the
+    safetensors library itself, which must agree. Dtypes hfmerge cannot read are refused here."""
+    where = f"{reader.label}/{file}"
+    size = _file_size(reader, file)
+    data_start, entries = safetensors_header.parse(lambda off, n: bytes(reader.read_range(file, off, n)), size, where)
+    folder = getattr(reader, "folder", None)
+    if folder is not None:
+        _library_check(Path(folder) / file, entries, where)
     out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = meta["data_offsets"]
-        if meta["dtype"] not in DTYPES:
-            raise HfMergeError(f"{reader.label}/{file}: tensor {name} has unsupported dtype {meta['dtype']}")
-        out[name] = TensorInfo(name, file, meta["dtype"], tuple(meta["shape"]), 8 + n + begin, end - begin)
+    for name, e in entries.items():
+        if e.dtype not in DTYPES:
+            raise HfMergeError(f"{where}: tensor {name!r} has dtype {e.dtype}, which hfmerge does not read: merging "
+                               "quantized or non-float weights is not supported (dequantize the checkpoint to bf16 "
+                               "first)")
+        out[name] = TensorInfo(name, file, e.dtype, e.shape, data_start + e.begin, e.end - e.begin)
     return out
+
+
+def _file_size(reader: Reader, file: str) -> int:
+    """The size of ``file`` from the reader (``file_size(file)``, a ``sizes`` map, or a local ``folder``)."""
+    if callable(size_of := getattr(reader, "file_size", None)):
+        return size_of(file)
+    sizes = getattr(reader, "sizes", None)
+    if isinstance(sizes, dict) and file in sizes:
+        return sizes[file]
+    folder = getattr(reader, "folder", None)
+    if folder is not None:
+        try:
+            return os.stat(Path(folder) / file).st_size
+        except OSError as e:
+            raise HfMergeError(f"cannot read {Path(folder) / file}: {e.strerror}") from None
+    raise HfMergeError(f"{reader.label}/{file}: the size of the file is unknown, so its header cannot be checked")
+
+
+def _library_check(path: Path, entries: dict[str, safetensors_header.HeaderEntry], where: str) -> None:
+    """The safetensors library's own validation of a local file (it maps the file and parses the header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise HfMergeError(f"{where}: the safetensors library refuses the file ({' '.join(str(e).split())})") from None
+    if names != set(entries):
+        raise HfMergeError(f"{where}: the safetensors library reads other tensors than the header lists "
+                           "(corrupt file: download or save it again)")
 
 
 class Checkpoint:

@@ -1,16 +1,25 @@
-"""Streaming sharded safetensors output.
+"""Streaming sharded safetensors output, and the output folder that appears whole or not at all.
 
 The full list of output tensors (names, shapes, dtypes) is known before any data is merged, so every
 shard's header is written first and tensor bytes are then appended in order as they are produced, chunk
 by chunk: no shard is ever held in memory. Files are named like transformers' own
 (``model.safetensors`` or ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``).
+
+:class:`OutputFolder` is where a merge writes: a lock next to OUT (one writer per folder), a staging folder
+``.OUT.hfmerge-tmp-<pid>`` renamed onto OUT only when complete, leftovers of killed runs cleaned (or an
+interrupted swap undone) by the next run into the same place, and a full disk reported in one line.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import shutil
+import signal
 import struct
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +30,19 @@ import torch
 
 from hfmerge.errors import HfMergeError
 from hfmerge.sources import DTYPE_NAMES, DTYPES
+
+try:  # an advisory lock the kernel releases when its holder dies: flock on Unix, a byte lock on Windows
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
+NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+TMP_MARK, OLD_MARK, LOCK_MARK = ".hfmerge-tmp-", ".hfmerge-old-", ".hfmerge-lock"
+
+
+class NoSpaceError(HfMergeError):
+    """The disk filled up while writing (ENOSPC / EDQUOT)."""
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
          "gib": 2**30, "tib": 2**40}
@@ -91,6 +113,8 @@ class ShardWriter:
         try:
             self._pending.popleft().result()
         except OSError as e:
+            if e.errno in NO_SPACE:
+                raise NoSpaceError(f"no space left on {self.folder.parent}: free space or choose another -o") from None
             raise HfMergeError(f"cannot write the output in {self.folder.parent}: {e.strerror or e}") from None
 
     def _open_file(self, i: int, head: bytes) -> None:
@@ -211,3 +235,195 @@ class MemoryWriter:
 
     def abort(self) -> None:
         self._parts = []
+
+
+def human_bytes(n: int) -> str:
+    """1234567 -> '1.23 MB' (decimal units, as ``--shard-size``)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n} B" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+class FolderLock:
+    """An exclusive lock on ``path`` (a file next to the folder it guards), released by the kernel if its holder
+    dies. Refuses at once when another process holds it. The file is removed when released."""
+
+    def __init__(self, path: Path, guarded: Path):
+        self.path, self.guarded = path, guarded
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise HfMergeError(f"another hfmerge run{f' (pid {holder})' if holder else ''} is writing "
+                                   f"{self.guarded}: wait for it to finish or choose another -o")
+            try:  # the previous holder may have removed the file between our open and our lock: lock it anew
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        if fcntl is not None:  # removed while still held, so no one locks a file that is about to vanish
+            _unlink_quietly(self.path)
+            os.close(fd)
+        else:  # Windows cannot remove an open file
+            os.close(fd)
+            _unlink_quietly(self.path)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            os.lseek(fd, 1 << 20, os.SEEK_SET)  # a byte past the pid, so the pid stays readable
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError:  # BlockingIOError (EWOULDBLOCK) on Unix, EACCES/EDEADLOCK on Windows
+        return False
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0) if hasattr(os, "pread") else b""
+        return int(text.split()[0]) if text.split() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class OutputFolder:
+    """The folder a merge writes, appearing whole or not at all::
+
+        with OutputFolder(out, overwrite=False) as output:  # lock; clean killed runs' leftovers; OUT must not exist
+            tmp = output.stage(needed_bytes)                 # a staging folder next to OUT, after a free-space check
+            ...write everything into tmp...
+            output.publish()                                 # rename onto OUT (old OUT removed after the swap)
+
+    On any error (or Ctrl-C / SIGTERM) the staging folder is removed and OUT is left as it was; a full disk
+    becomes one line ("no space left on ..."). A run killed outright leaves only ``.OUT.hfmerge-tmp-<pid>``
+    (or, killed inside the swap, ``.OUT.hfmerge-old-<pid>``): the next run into the same place removes the
+    first and restores the second, under the lock, so no live run's folder is ever touched."""
+
+    def __init__(self, out: str | Path, *, overwrite: bool = False):
+        self.out = Path(out)
+        self.overwrite = overwrite
+        self.parent = self.out.absolute().parent
+        self.tmp: Path | None = None
+        self.needed = 0
+        self._lock = FolderLock(self.parent / f".{self.out.name}{LOCK_MARK}", self.out)
+        self._old_term = None
+
+    def __enter__(self) -> OutputFolder:
+        try:
+            self.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except OSError as e:
+            raise HfMergeError(f"cannot write in {self.parent}: {e.strerror or e}") from None
+        try:
+            self._recover()
+            if self.out.exists() and not self.overwrite:
+                raise HfMergeError(f"output {self.out} already exists: pass --overwrite or choose another folder")
+        except BaseException:
+            self._lock.release()
+            raise
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._old_term = signal.signal(signal.SIGTERM, _terminate)
+        return self
+
+    def _leftovers(self, mark: str) -> list[Path]:
+        prefix = f".{self.out.name}{mark}"
+        return [p for p in self.parent.iterdir() if p.name.startswith(prefix) and p.name[len(prefix):].isdigit()]
+
+    def _recover(self) -> None:
+        """Remove what killed runs left (we hold the lock, so no live run owns any of it)."""
+        for tmp in self._leftovers(TMP_MARK):
+            shutil.rmtree(tmp, ignore_errors=True)
+        olds = sorted(self._leftovers(OLD_MARK), key=lambda p: p.stat().st_mtime)
+        if olds and not self.out.exists():  # killed between the two renames of a swap: put the old OUT back
+            os.rename(olds.pop(), self.out)
+        for old in olds:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def stage(self, needed_bytes: int = 0) -> Path:
+        """A fresh staging folder, after checking the disk has room for ``needed_bytes``."""
+        self.needed = needed_bytes
+        free = shutil.disk_usage(self.parent).free
+        if free < needed_bytes:
+            raise self._no_space(free)
+        self.tmp = self.parent / f".{self.out.name}{TMP_MARK}{os.getpid()}"
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def publish(self) -> None:
+        """Atomically put the staged folder at OUT (an existing OUT, with overwrite, is removed after the swap)."""
+        tmp, out = self.tmp, self.out
+        if out.exists():
+            if not self.overwrite:
+                raise HfMergeError(f"output {out} appeared during the merge: pass --overwrite or choose another folder")
+            trash = self.parent / f".{out.name}{OLD_MARK}{os.getpid()}"
+            os.rename(out, trash)
+            os.rename(tmp, out)
+            self.tmp = None
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+            self.tmp = None
+
+    def _no_space(self, free: int | None = None) -> HfMergeError:
+        free = shutil.disk_usage(self.parent).free if free is None else free
+        short = self.needed - free if self.needed > free else self.needed
+        need = f"free {human_bytes(short)}" if short > 0 else "free space"
+        return HfMergeError(f"no space left on {self.parent}: {need} or choose another -o "
+                            f"(the merge writes {human_bytes(self.needed)}, {human_bytes(free)} free)")
+
+    def __exit__(self, typ, exc, tb) -> None:
+        try:
+            if self.tmp is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = None
+        finally:
+            if self._old_term is not None:
+                signal.signal(signal.SIGTERM, self._old_term)
+                self._old_term = None
+            self._lock.release()
+        if isinstance(exc, NoSpaceError) or (isinstance(exc, OSError) and exc.errno in NO_SPACE):
+            raise self._no_space() from None
+        if isinstance(exc, OSError) and exc.filename is not None \
+                and os.path.abspath(str(exc.filename)).startswith(str(self.parent)):
+            raise HfMergeError(f"cannot write the output in {self.parent}: {exc.strerror or exc}") from None
+
+
+TERM_GRACE_SECONDS = 10.0
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM during a merge: unwind like Ctrl-C, so the staging folder is removed and the lock released. The
+    default action is restored and fires again after a grace period, so a stuck unwind never outlives the signal
+    (whatever it leaves is cleaned by the next run)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    timer = threading.Timer(TERM_GRACE_SECONDS, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
