@@ -156,6 +156,7 @@ class Block:
     data: bytearray | mmap.mmap | None = None
     error: BaseException | None = None
     fetched_once: bool = False
+    wanted: bool = False  # a read is waiting for it: fetched even past the budget, so reads never deadlock
 
     @property
     def size(self) -> int:
@@ -248,8 +249,14 @@ class Transfer:
         if not self.heap:
             return None
         b = self.heap[0][2]
-        if self.in_memory and self.in_memory + b.size > self.read_ahead:
-            return None
+        if not b.wanted and self.in_memory and self.in_memory + b.size > self.read_ahead:
+            waiting = [e[2] for e in self.heap if e[2].wanted and e[2].state == "pending"]
+            if not waiting:
+                return None
+            b = waiting[0]  # over the budget by at most this block: the blocks held are all still being read
+            self.heap.remove(next(e for e in self.heap if e[2] is b))
+            heapq.heapify(self.heap)
+            return b
         heapq.heappop(self.heap)
         return b
 
@@ -512,7 +519,9 @@ class RemoteReader:
                 if blk.state == "released":  # read again after it was dropped: fetch it (and what follows) anew
                     self._rewind(blk)
                 if blk.state == "pending":
+                    blk.wanted = True
                     tr._make_room(blk)
+                    tr.cv.notify_all()
                 tr.cv.wait()
             data = blk.data
         n = min(end, blk.end) - pos

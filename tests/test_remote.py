@@ -164,6 +164,17 @@ def test_small_budget_bounds_the_buffer(family_on_hub, tmp_path, local_hub, monk
     assert tr["refetched_bytes"] == 0
 
 
+def test_budget_smaller_than_a_block_per_source_still_finishes(family_on_hub, tmp_path, local_hub):
+    """Every source holds the block it is reading: with a budget below (sources + 1) blocks a read still gets its
+    block (past the budget by that block alone) instead of waiting forever."""
+    remote.configure(read_ahead=32 << 10, connections=2, max_block=16 << 10, head_bytes=HEAD)
+    try:
+        report = local_and_remote(family_on_hub, tmp_path, "soup", {})
+    finally:
+        remote.configure()
+    assert report["transfer"]["peak_buffered_bytes"] <= (32 << 10) + 2 * (16 << 10)  # + a block per connection
+
+
 def test_failed_fetch_is_one_line_and_leaves_nothing(family_on_hub, tmp_path, realism, local_hub, monkeypatch):
     from hfmerge.errors import HfMergeError
 
