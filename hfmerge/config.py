@@ -78,7 +78,14 @@ class MergeConfig:
         """Refuse an unknown method or parameter (naming the nearest valid one) before any source is opened."""
         from hfmerge.methods.registry import get_method
 
-        get_method(self.method).resolve(self.parameters)
+        method = get_method(self.method)
+        method.resolve(self.parameters)
+        n = len(self.models)
+        if n and n < method.min_experts:
+            raise HfMergeError(f"method {method.name} needs at least {method.min_experts} experts, got {n}")
+        if method.max_experts is not None and n > method.max_experts:
+            raise HfMergeError(f"method {method.name} merges the base with at most {method.max_experts} other "
+                               f"model(s), got {n}")
         return self
 
     @classmethod

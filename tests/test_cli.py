@@ -74,11 +74,12 @@ def _bad_inputs(family, tmp_path):
     flag = ["merge", "--base", str(base), "--models"]
     return [
         ([*flag, str(tmp_path / "missing"), "--method", "soup"], "does not exist"),
-        ([*flag, *e, "--method", "slerp"], "unknown method 'slerp'"),
+        ([*flag, *e, "--method", "slerp"], "at most 1 other model(s), got 3"),
+        ([*flag, *e, "--method", "tie"], "unknown method 'tie' (did you mean ties?)"),
         ([*flag, *e, "--method", "ties", "--set", "densty=0.2"], "unknown parameter 'densty'"),
         ([*flag, *e, "--method", "ties", "--set", "density=1.5"], "out of range"),
         ([*flag, *e, "--method", "dare", "--set", "drop_rate=1.0"], "out of range"),
-        ([*flag, *e, "--method", "ties", "--set", "aggregate=median"], "not one of sum, mean"),
+        ([*flag, *e, "--method", "ties", "--set", "aggregate=median"], "not one of sum, mean, weighted"),
         ([*flag, *e, "--method", "consensus", "--set", "k=4"], "exceeds the 3 experts"),
         ([*flag, str(gemma), "--method", "soup"], "differs from the base"),
         ([*flag, str(renamed), "--method", "soup"], "lacks tensor model.layers.0.mlp.up_proj.weight"),

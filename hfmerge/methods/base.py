@@ -152,6 +152,7 @@ class Method:
     quantiles: Callable[[dict], list[Quantile]] = lambda params: []
     weighted: bool = True
     min_experts: int = 1
+    max_experts: int | None = None
     stats: Callable[[dict], Stats | None] = lambda params: None
     whole: Callable[[dict], bool] = lambda params: False
     spectral: Callable[[dict], Spectral | None] = lambda params: None

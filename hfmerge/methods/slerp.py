@@ -43,6 +43,7 @@ METHOD = Method(
     params={"t": Param(0.5, "t, the interpolation factor (0: the base, 1: the other model)")},
     merge=merge,
     weighted=False,
+    max_experts=1,
     whole=lambda params: True,  # the angle is between whole tensors
 )
 
