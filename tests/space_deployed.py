@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,9 +165,32 @@ def start_app(folder: Path, venv: Path, hub_url: str, cache: Path) -> tuple[subp
     pytest.fail(f"the deployed app did not answer within 180 s:\n{(cache / 'app.log').read_text()[-3000:]}")
 
 
+@contextmanager
+def _pointed_at(server):
+    """huggingface_hub (constants and environment) pointed at ``server`` for the block, then restored."""
+    from huggingface_hub import constants
+
+    saved = (constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE)
+    saved_env = {k: os.environ.get(k) for k in ("HF_TOKEN", "HF_ENDPOINT")}
+    constants.ENDPOINT = server.url
+    constants.HUGGINGFACE_CO_URL_TEMPLATE = server.url + "/{repo_id}/resolve/{revision}/{filename}"
+    os.environ.update(HF_TOKEN=server.token, HF_ENDPOINT=server.url)
+    try:
+        yield server
+    finally:
+        constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE = saved
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def deployed_space(local_hub, tmp_path_factory):
-    """Deploy (through the CLI), download into an empty folder, build the venv, run the app; shared."""
+    """Deploy (through the CLI), download into an empty folder, build the venv, run the app; shared. The Space
+    lives on a loopback Hub of its own, so what it lists online (models tagged hfmerge) is exactly what this
+    fixture publishes, whatever other tests pushed to the session's Hub."""
     if "space" in _STATE:
         yield _STATE["space"]
         return
@@ -174,24 +198,27 @@ def deployed_space(local_hub, tmp_path_factory):
     from typer.testing import CliRunner
 
     from hfmerge.cli import app as cli
+    from hfmerge.localhub import serve
 
     tmp = tmp_path_factory.mktemp("space-deploy")
-    _publish_tagged(local_hub, tmp)
-    demo_out = _demo_out(tmp / "demo_out", local_hub.url)
-    repo = f"{local_hub.user}/hfmerge-space"
-    t0 = time.perf_counter()
-    res = CliRunner().invoke(cli, ["space", "deploy", "--repo", repo, "--results", str(demo_out)])
-    deploy_seconds = time.perf_counter() - t0
-    assert res.exit_code == 0, res.output
-    folder = tmp / "downloaded"
-    folder.mkdir()
-    snapshot_download(repo, repo_type="space", local_dir=folder)
+    hub = serve(tmp / "hub", user=local_hub.user, token=local_hub.token)
+    with _pointed_at(hub):
+        _publish_tagged(hub, tmp)
+        demo_out = _demo_out(tmp / "demo_out", hub.url)
+        repo = f"{hub.user}/hfmerge-space"
+        t0 = time.perf_counter()
+        res = CliRunner().invoke(cli, ["space", "deploy", "--repo", repo, "--results", str(demo_out)])
+        deploy_seconds = time.perf_counter() - t0
+        assert res.exit_code == 0, res.output
+        folder = tmp / "downloaded"
+        folder.mkdir()
+        snapshot_download(repo, repo_type="space", local_dir=folder)
     commit_url = res.output.strip().splitlines()[-1].rsplit(": ", 1)[-1]
     venv, built, wheel_s = build_venv(folder)
     cache = tmp / "app-cache"
     cache.mkdir()
-    proc, url, start_s = start_app(folder, venv, local_hub.url, cache)
-    space = Deployed(repo, commit_url, folder, venv, url, proc, local_hub.url, res.output, built, wheel_s, start_s,
+    proc, url, start_s = start_app(folder, venv, hub.url, cache)
+    space = Deployed(repo, commit_url, folder, venv, url, proc, hub.url, res.output, built, wheel_s, start_s,
                      {"deploy_seconds": deploy_seconds})
     _STATE["space"] = space
     print(f"\n[space] deploy {deploy_seconds:.1f} s, venv build {built:.0f} s (0 = cached), wheel install "
@@ -204,4 +231,5 @@ def deployed_space(local_hub, tmp_path_factory):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        hub.stop()
         _STATE.pop("space", None)

@@ -53,7 +53,7 @@ def test_one_commit_with_everything_the_space_needs(deployed_space, local_hub): 
     from huggingface_hub import HfApi
 
     s = deployed_space
-    api = HfApi(endpoint=local_hub.url, token=local_hub.token)
+    api = HfApi(endpoint=s.hub_url, token=local_hub.token)
     info = api.space_info(s.repo)
     commits = api.list_repo_commits(s.repo, repo_type="space")
     assert len(commits) == 2 and commits[0].commit_id == info.sha  # the repo's first commit + the deploy
