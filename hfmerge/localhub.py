@@ -273,19 +273,7 @@ class Handler(BaseHTTPRequestHandler):
         return user
 
     def _body(self) -> bytes:
-        n = int(self.headers.get("Content-Length") or 0)
-        if n:
-            return self.rfile.read(n)
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            out = b""
-            while True:
-                size = int(self.rfile.readline().strip(), 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return out
-                out += self.rfile.read(size)
-                self.rfile.readline()
-        return b""
+        return read_body(self)
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head: bool = False) -> None:
         self.send_response(status)
@@ -651,6 +639,21 @@ ROUTES = [
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:  # dropped connections are not news
         pass
+
+
+def read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    """A request's body: ``Content-Length`` bytes, or the chunks of a chunked transfer."""
+    n = int(handler.headers.get("Content-Length") or 0)
+    if n:
+        return handler.rfile.read(n)
+    if handler.headers.get("Transfer-Encoding", "").lower() != "chunked":
+        return b""
+    out = b""
+    while (size := int(handler.rfile.readline().strip(), 16)) > 0:
+        out += handler.rfile.read(size)
+        handler.rfile.readline()
+    handler.rfile.readline()
+    return out
 
 
 class Server:

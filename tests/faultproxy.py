@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, urlunsplit
 
+from hfmerge.localhub import read_body
+
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
               "transfer-encoding", "upgrade", "host", "content-length"}
 
@@ -113,17 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _body(self) -> bytes:
-        n = int(self.headers.get("Content-Length") or 0)
-        if n:
-            return self.rfile.read(n)
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            out = b""
-            while (size := int(self.rfile.readline().strip(), 16)) > 0:
-                out += self.rfile.read(size)
-                self.rfile.readline()
-            self.rfile.readline()
-            return out
-        return b""
+        return read_body(self)
 
     def _forward(self) -> None:
         p = self.proxy

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from hfmerge.config import MergeConfig, ModelRef
 from hfmerge.engine import merge
 from hfmerge.errors import HfMergeError
 from hfmerge.eval.scores import measures
+from tests.tiny import write_eval_data
 
 TASKS = Path(__file__).parent / "eval_tasks.py"
 SPEC = "hfm_test_mcq|0,hfm_test_gen|0"
@@ -21,15 +21,7 @@ SPEC = "hfm_test_mcq|0,hfm_test_gen|0"
 @pytest.fixture(scope="session")
 def eval_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaldata")
-    rng = random.Random(0)
-    words = ["fox", "dog", "three", "five", "monde", "hola", "return", "safe"]
-    (root / "mcq").mkdir()
-    (root / "gen").mkdir()
-    mcq = [{"question": f"the quick brown {rng.choice(words)} jumps over the", "choices": rng.sample(words, 3),
-            "answer": rng.randrange(3)} for _ in range(12)]
-    gen = [{"prompt": f"two plus {w} equals", "target": f" {rng.choice(words)}"} for w in words]
-    (root / "mcq" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mcq))
-    (root / "gen" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gen))
+    write_eval_data(root, seed=0, n_mcq=12)
     os.environ["HFMERGE_TEST_EVAL_DATA"] = str(root)
     return root
 

@@ -15,7 +15,7 @@ from hfmerge.config import MergeConfig, ModelRef
 from hfmerge.engine import merge
 from hfmerge.errors import HfMergeError
 from hfmerge.hub import open_remote, pull, push
-from tests.tiny import make_family
+from tests.tiny import make_family, publish
 
 USER = "hfmerge-user"
 
@@ -30,12 +30,7 @@ def published(local_hub, tmp_path_factory):
     base, experts = make_family(tmp_path_factory.mktemp("hubfam"), n_experts=4)
     (base / "pytorch_model.bin").write_bytes(b"pickle bytes a pull must never fetch")
     api = HfApi()
-    names = []
-    for i, folder in enumerate([base, *experts]):
-        name = f"{USER}/tiny-{'base' if i == 0 else f'expert{i}'}"
-        api.create_repo(name, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=name)
-        names.append(name)
+    names = publish(api, [base, *experts], f"{USER}/tiny")
     return (base, experts), (names[0], names[1:])
 
 

@@ -31,6 +31,7 @@ from hfmerge.errors import HfMergeError
 from hfmerge.sources import LocalReader, open_checkpoint, parse_header
 from hfmerge.writer import OutputFolder
 from tests.faultproxy import Fault, FaultProxy, every, randomly
+from tests.tiny import publish
 
 USER = "hfmerge-user"
 ENV = {**os.environ, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -609,12 +610,7 @@ def published(local_hub, reference):
     """The reference family on the loopback Hub."""
     base, experts, ref = reference
     api = HfApi()
-    ids = []
-    for i, folder in enumerate([base, *experts]):
-        repo = f"{USER}/rel-{'base' if i == 0 else f'expert{i}'}"
-        api.create_repo(repo, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo)
-        ids.append(repo)
+    ids = publish(api, [base, *experts], f"{USER}/rel")
     return ids[0], ids[1:], ref
 
 

@@ -16,7 +16,7 @@ from hfmerge import remote, sources
 from hfmerge.config import MergeConfig, ModelRef
 from hfmerge.job import merge
 from hfmerge.localhub import Realism
-from tests.tiny import make_family
+from tests.tiny import make_family, publish
 
 USER = "hfmerge-user"
 BLOCK = 16 << 10  # scaled-down ranges: the tiny checkpoints (≈ 90 KB) span several blocks
@@ -32,12 +32,7 @@ def sha256(path) -> str:
 def family_on_hub(local_hub, tmp_path_factory):
     base, experts = make_family(tmp_path_factory.mktemp("remotefam"), n_experts=2, seed=3)
     api = HfApi()
-    ids = []
-    for i, folder in enumerate([base, *experts]):
-        name = f"{USER}/remote-{'base' if i == 0 else f'expert{i}'}"
-        api.create_repo(name, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=name)
-        ids.append(name)
+    ids = publish(api, [base, *experts], f"{USER}/remote")
     return (base, experts), (ids[0], ids[1:])
 
 

@@ -4,7 +4,6 @@ resuming, refusals."""
 from __future__ import annotations
 
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import yaml
 from hfmerge.config import MergeConfig, ModelRef
 from hfmerge.errors import HfMergeError
 from hfmerge.eval.study import draw_subsets, parse_methods, run_study
+from tests.tiny import write_eval_data
 
 TASKS = Path(__file__).parent / "eval_tasks.py"
 SPEC = "hfm_test_mcq|0,hfm_test_gen|0"
@@ -22,15 +22,7 @@ SPEC = "hfm_test_mcq|0,hfm_test_gen|0"
 @pytest.fixture(scope="module")
 def study_data(tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("studydata")
-    rng = random.Random(1)
-    words = ["fox", "dog", "three", "five", "monde", "hola", "return", "safe"]
-    (root / "mcq").mkdir()
-    (root / "gen").mkdir()
-    mcq = [{"question": f"the quick brown {rng.choice(words)} jumps over the", "choices": rng.sample(words, 3),
-            "answer": rng.randrange(3)} for _ in range(16)]
-    gen = [{"prompt": f"two plus {w} equals", "target": f" {rng.choice(words)}"} for w in words]
-    (root / "mcq" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mcq))
-    (root / "gen" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gen))
+    write_eval_data(root, seed=1, n_mcq=16)
     monkeypatch_module.setenv("HFMERGE_TEST_EVAL_DATA", str(root))
     return root
 

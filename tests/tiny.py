@@ -68,3 +68,30 @@ def make_family(root: Path, arch: str = "llama", tied: bool = False, n_experts: 
         make_tokenizer(folder)
         paths.append(folder)
     return paths[0], paths[1:]
+
+
+def publish(api, folders: list[Path], prefix: str) -> list[str]:
+    """Upload a family (base first) to the Hub as ``{prefix}-base``, ``{prefix}-expert1``, …; returns the repo ids."""
+    ids = []
+    for i, folder in enumerate(folders):
+        repo = f"{prefix}-{'base' if i == 0 else f'expert{i}'}"
+        api.create_repo(repo, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo)
+        ids.append(repo)
+    return ids
+
+
+def write_eval_data(root: Path, seed: int, n_mcq: int) -> Path:
+    """The data of tests/eval_tasks.py under ``root``: a multiple-choice task (mcq) and a generative one (gen)."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    words = ["fox", "dog", "three", "five", "monde", "hola", "return", "safe"]
+    mcq = [{"question": f"the quick brown {rng.choice(words)} jumps over the", "choices": rng.sample(words, 3),
+            "answer": rng.randrange(3)} for _ in range(n_mcq)]
+    gen = [{"prompt": f"two plus {w} equals", "target": f" {rng.choice(words)}"} for w in words]
+    for name, rows in (("mcq", mcq), ("gen", gen)):
+        (root / name).mkdir()
+        (root / name / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
