@@ -96,22 +96,32 @@ def tradeoffs(store: sd.Store, base: str | None, cost_label: str | None):
 
 
 class _Rendered:
-    """Outputs of the figure handlers with their figures already encoded as PNG, kept per (handler, inputs,
-    data version): drawing and encoding a figure costs 0.1-1 s of CPU, the same views are asked for again and
-    again, and every visitor shares the process's two cores."""
+    """Outputs of the table and figure handlers (figures already encoded as PNG), kept per (handler, inputs, data
+    version): drawing and encoding a figure costs 0.1-1 s of CPU, building the leaderboard ~0.1 s, the same views
+    are asked for again and again, and every visitor shares the process's two cores. Visitors asking at once for
+    a view not made yet wait for the one request making it (single flight) instead of each making it."""
 
     def __init__(self, size: int = 256):
-        self.size, self.lock, self.items = size, threading.Lock(), {}
+        self.size, self.lock, self.items, self.gates = size, threading.Lock(), {}, {}
 
     def get(self, key, make):
         with self.lock:
             if key in self.items:
                 return self.items[key]
-        value = make()
-        with self.lock:
-            if len(self.items) >= self.size:
-                self.items.pop(next(iter(self.items)))
-            self.items[key] = value
+            gate = self.gates.setdefault(key, threading.Lock())
+        with gate:
+            with self.lock:
+                if key in self.items:
+                    return self.items[key]
+            try:
+                value = make()
+                with self.lock:
+                    if len(self.items) >= self.size:
+                        self.items.pop(next(iter(self.items)))
+                    self.items[key] = value
+            finally:
+                with self.lock:
+                    self.gates.pop(key, None)
         return value
 
 
@@ -137,6 +147,17 @@ def rendered(store: sd.Store, handler):
 
     fn.__name__ = handler.__name__
     return fn
+
+
+def warm(store: sd.Store) -> None:
+    """Make the views visitors open first (the default leaderboard, each base's trade-off plots) before the app
+    serves anyone (≈ 1 s per base on one core), so the first visitors neither wait for them nor share the cores
+    with their drawing."""
+    board, plots = rendered(store, leaderboard), rendered(store, tradeoffs)
+    board(sd.ALL_BASES, [], list(sd.SOURCES.values()), next(iter(sd.sort_options(store.rows()))), True)
+    for base in sd.bases_of(store.rows()):
+        for cost in COST:
+            plots(base, cost)
 
 
 def json_key(value) -> str:
@@ -242,6 +263,7 @@ def build_app(store: sd.Store | None = None, backend: PlaygroundBackend | None =
         backend, backend_note = default_backend()
     rows = store.rows()
     sort_labels = list(sd.sort_options(rows))
+    board = rendered(store, leaderboard)
 
     with gr.Blocks(title="hfmerge — compare merges") as demo:
         gr.Markdown(INTRO)
@@ -265,9 +287,9 @@ def build_app(store: sd.Store | None = None, backend: PlaygroundBackend | None =
                                      show_search="search")
                 inputs = [base, methods, sources, sort, desc]
                 for c in inputs:
-                    c.change(lambda *a: leaderboard(store, *a), inputs, [table, count], api_name=False,
+                    c.change(board, inputs, [table, count], api_name=False,
                              **LIGHT_QUEUE)
-                gr.Button("Apply", visible=False).click(lambda *a: leaderboard(store, *a), inputs, [table, count],
+                gr.Button("Apply", visible=False).click(board, inputs, [table, count],
                                                         api_name="leaderboard", **LIGHT_QUEUE)
 
             with gr.Tab("Compare", id="compare"):
@@ -308,7 +330,7 @@ def build_app(store: sd.Store | None = None, backend: PlaygroundBackend | None =
                 _playground(backend, backend_note)
 
         refresh.click(lambda: refresh_hub(store), None, [notice, pick, base], api_name="refresh_hub",
-                      **LIGHT_QUEUE).then(lambda *a: leaderboard(store, *a), inputs, [table, count],
+                      **LIGHT_QUEUE).then(board, inputs, [table, count],
                                           api_name=False, **LIGHT_QUEUE)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=LIGHT_LIMIT)
     return demo
@@ -434,6 +456,9 @@ def main(argv: list[str] | None = None) -> None:
         age = store.hub.age_seconds()
         if age is None or age > HUB_TTL:
             print(store.refresh_hub(), flush=True)
+    t0 = time.perf_counter()
+    warm(store)
+    print(f"views ready in {time.perf_counter() - t0:.1f} s", flush=True)
     launch(build_app(store), server_name=args.host, server_port=args.port)
 
 

@@ -369,3 +369,27 @@ def test_figure_cache_follows_the_data(store):
     assert a[0].type == "matplotlib" and "image/png" in a[0].plot[:40]
     store.reload()
     assert fn("All bases", "Peak memory") is not a
+
+
+def test_views_asked_at_once_are_made_once():
+    """Visitors asking at once for a view not made yet wait for the one request making it (single flight)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import app
+
+    cache, made, gate = app._Rendered(), [], threading.Event()
+
+    def make():
+        made.append(1)
+        gate.wait(5)
+        return object()
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cache.get, "view", make) for _ in range(8)]
+        gate.set()
+        values = {id(f.result()) for f in futures}
+    assert len(made) == 1 and len(values) == 1
+    with pytest.raises(ZeroDivisionError):  # a failed make leaves no gate behind: the next ask makes it again
+        cache.get("other", lambda: 1 / 0)
+    assert cache.get("other", lambda: 7) == 7 and not cache.gates

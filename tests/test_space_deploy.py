@@ -181,15 +181,16 @@ def _peak_rss(pid: int) -> int:
 
 
 def test_load_25_concurrent_clients(deployed_space):  # noqa: F811
-    """22 clients read tables (leaderboard, compare, trade-offs) while 3 run Playground merges: no call fails,
-    table calls stay fast (they never wait behind a merge), the app's memory stays bounded."""
-    from gradio_client import Client
+    """22 visitors read tables (leaderboard, compare, trade-offs) while 3 run Playground merges: no call fails,
+    table calls stay fast (they never wait behind a merge), the app's memory stays bounded. The visitors call
+    gradio's HTTP API with a light client (tests.gradio_http): a browser's cost, not gradio_client's polling."""
+    from tests.gradio_http import Caller
 
     url = deployed_space.url
     light, heavy, failures = [], [], []
 
     def table_client(i: int) -> None:
-        c = clients[3 + i]
+        c = callers[3 + i]
         for call in range(3):
             t0 = time.perf_counter()
             try:
@@ -205,13 +206,13 @@ def test_load_25_concurrent_clients(deployed_space):  # noqa: F811
                 else:
                     figs = c.predict(["All bases", "mini-base"][i % 2], ["Peak memory", "Merge seconds"][call % 2],
                                      api_name="/tradeoffs")
-                    assert len(figs) == 3
+                    assert len(figs) == 3 and all(f["type"] == "matplotlib" for f in figs)
             except Exception as e:  # noqa: BLE001 - counted and shown
                 failures.append(f"table {i}: {e!r}")
             light.append(time.perf_counter() - t0)
 
     def playground_client(i: int) -> None:
-        c = clients[i]
+        c = callers[i]
         t0 = time.perf_counter()
         try:
             status, *_ = c.predict("task_arithmetic", 0.5, 0.3 + 0.1 * i, "sum", "global", 0.8, 0.2, 2, 0.1,
@@ -221,10 +222,10 @@ def test_load_25_concurrent_clients(deployed_space):  # noqa: F811
             failures.append(f"playground {i}: {e!r}")
         heavy.append(time.perf_counter() - t0)
 
-    # each visitor connects first (config + API info: a browser's page load), then all 25 call at once
-    with ThreadPoolExecutor(5) as pool:
-        clients = list(pool.map(lambda _: Client(url, verbose=False, httpx_kwargs={"timeout": 120}), range(26)))
-    solo = clients.pop()
+    callers = [Caller(url) for _ in range(26)]
+    for c in callers:  # each visitor loads the page first (config), then all 25 call at once
+        c.load_page()
+    solo = callers.pop()
     t0 = time.perf_counter()
     solo.predict("All bases", [], ["results folder"], "Merge seconds", True, api_name="/leaderboard")
     solo_s = time.perf_counter() - t0
@@ -235,6 +236,8 @@ def test_load_25_concurrent_clients(deployed_space):  # noqa: F811
         for j in jobs:
             j.result()
     wall = time.perf_counter() - t0
+    for c in [*callers, solo]:
+        c.close()
     rss = _peak_rss(deployed_space.proc.pid)
     p95 = statistics.quantiles(light, n=20)[18]
     figures = {"clients": 25, "table_calls": len(light), "playground_runs": len(heavy), "failed": len(failures),
@@ -246,9 +249,8 @@ def test_load_25_concurrent_clients(deployed_space):  # noqa: F811
     print(f"\n[space load] {json.dumps(figures)}")
     assert not failures, failures
     assert len(light) == 66 and len(heavy) == 3
-    # The target is p95 <= 10 s; measured here p95 was 26-30 s (README), so this guards against regressions
-    # only: 45 s, and a table call must not take as long as the whole run (it never waits for every merge).
-    assert p95 <= 45.0, figures
+    # The target: p95 <= 10 s (README: measured figures); a table call never waits for every merge.
+    assert p95 <= 10.0, figures
     assert max(light) < wall, figures
     assert rss <= 3 * 2**30, figures
 
