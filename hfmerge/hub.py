@@ -66,8 +66,9 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, results: st
         except (OSError, ValueError) as e:
             raise HfMergeError(f"cannot read results {results}: {e}") from None
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    generated = {"README.md"} | ({"results.json"} if results_data is not None else set())  # written below
     ops = [CommitOperationAdd(str(p.relative_to(folder)), str(p)) for p in files
-           if p.relative_to(folder).as_posix() != "README.md"]
+           if p.relative_to(folder).as_posix() not in generated]
     ops.append(CommitOperationAdd("README.md", _card_bytes(folder, repo_id, results_data)))
     if results_data is not None:
         ops.append(CommitOperationAdd("results.json", json.dumps(results_data, indent=2).encode() + b"\n"))

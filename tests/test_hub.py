@@ -81,16 +81,21 @@ def test_download_mode_matches_lazy_mode(published, tmp_path):
     assert sha256(tmp_path / "lazy" / "model.safetensors") == sha256(tmp_path / "dl" / "model.safetensors")
 
 
-def test_push_is_one_commit_with_card_and_results(published, tmp_path):
+def test_push_is_one_commit_with_card_and_results(published, tmp_path, monkeypatch):
     (base, experts), (base_id, expert_ids) = published
     out = tmp_path / "merged"
     merge(MergeConfig("dare", base_id, [ModelRef(e) for e in expert_ids], {"drop_rate": 0.5}), out, progress=False)
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"model": "m", "tasks": {"mini_math": {"em": 0.5, "em_stderr": 0.1}},
                                    "normalized": {"math": 0.8, "mean": 0.8}, "forgetting": 0.95}))
+    (out / "results.json").write_text('{"stale": true}')  # the folder's own copy: the given results replace it
     repo = f"{USER}/tiny-dare"
     api = HfApi()
+    paths, create_commit = [], HfApi.create_commit
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, repo_id, operations, **kw: (
+        paths.extend(op.path_in_repo for op in operations), create_commit(self, repo_id, operations, **kw))[1])
     url = push(out, repo, results=results)
+    assert len(paths) == len(set(paths)) and "results.json" in paths  # each file once in the commit
     commits = api.list_repo_commits(repo)
     assert len(commits) == 2 and commits[0].commit_id in url  # the repo's creation + exactly one upload
     for name in ("model.safetensors", "config.json", "hfmerge.yaml", "merge_report.json", "tokenizer.json"):
