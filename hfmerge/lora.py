@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hfmerge.errors import HfMergeError
-from hfmerge.sources import DTYPES, HUB_ID, Checkpoint, Reader, TensorInfo, parse_header
+from hfmerge.sources import DTYPES, FLOAT_DTYPES, HUB_ID, Checkpoint, Reader, TensorInfo, parse_header
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -67,8 +67,13 @@ class LoraCheckpoint:
             if target is None or set(ab) != {"A", "B"}:
                 raise HfMergeError(f"{ref}: LoRA target {name} does not exist in the base {base.ref} "
                                    "(an adapter of another model?)")
+            for k, info in ab.items():
+                if info.dtype not in FLOAT_DTYPES or len(info.shape) != 2:
+                    raise HfMergeError(f"{ref}: LoRA {k} of {name} is a {info.dtype} tensor of shape "
+                                       f"{list(info.shape)}, not a float matrix (quantized adapters are not "
+                                       "supported: save the adapter in bf16 or fp32)")
             out_dim, in_dim = target.shape
-            if ab["B"].shape[0] != out_dim or ab["A"].shape[1] != in_dim:
+            if ab["B"].shape[0] != out_dim or ab["A"].shape[1] != in_dim or ab["A"].shape[0] != ab["B"].shape[1]:
                 raise HfMergeError(f"{ref}: LoRA matrices for {name} do not fit the base's {list(target.shape)} "
                                    "(an adapter of another model?)")
         self.tensors = base.tensors

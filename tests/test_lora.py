@@ -60,3 +60,22 @@ def test_adapter_of_another_model_is_refused(family, tmp_path):
     with pytest.raises(HfMergeError, match="another model"):
         merge(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", ["int8", "rank"])
+def test_int_or_mismatched_lora_matrices_are_refused(family, tmp_path, bad):
+    """An adapter whose A/B are int8 (quantized) or whose ranks disagree is one line, never merged as floats."""
+    from safetensors.torch import load_file, save_file
+
+    base, _ = family("llama")
+    make_adapter(base, tmp_path / "adapter", seed=4)
+    path = tmp_path / "adapter" / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = next(k for k in tensors if k.endswith("lora_A.weight"))
+    a = tensors[key]
+    tensors[key] = a.to(torch.int8) if bad == "int8" else a[:-1].contiguous()
+    save_file(tensors, path)
+    cfg = MergeConfig("soup", str(base), [ModelRef(str(tmp_path / "adapter"))])
+    with pytest.raises(HfMergeError, match="not a float matrix" if bad == "int8" else "do not fit") as err:
+        merge(cfg, tmp_path / "out", progress=False)
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
