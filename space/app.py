@@ -97,9 +97,9 @@ def tradeoffs(store: sd.Store, base: str | None, cost_label: str | None):
 
 class _Rendered:
     """Outputs of the table and figure handlers (figures already encoded as PNG), kept per (handler, inputs, data
-    version): drawing and encoding a figure costs 0.1-1 s of CPU, building the leaderboard ~0.1 s, the same views
-    are asked for again and again, and every visitor shares the process's two cores. Visitors asking at once for
-    a view not made yet wait for the one request making it (single flight) instead of each making it."""
+    version): drawing and encoding a figure costs 0.1-1 s of CPU, the same views are asked for again and again,
+    and every visitor shares the process's two cores. Visitors asking at once for a view not made yet wait for
+    the one request making it (single flight) instead of each making it."""
 
     def __init__(self, size: int = 256):
         self.size, self.lock, self.items, self.gates = size, threading.Lock(), {}, {}
@@ -287,10 +287,9 @@ def build_app(store: sd.Store | None = None, backend: PlaygroundBackend | None =
                                      show_search="search")
                 inputs = [base, methods, sources, sort, desc]
                 for c in inputs:
-                    c.change(board, inputs, [table, count], api_name=False,
-                             **LIGHT_QUEUE)
-                gr.Button("Apply", visible=False).click(board, inputs, [table, count],
-                                                        api_name="leaderboard", **LIGHT_QUEUE)
+                    c.change(board, inputs, [table, count], api_name=False, **LIGHT_QUEUE)
+                gr.Button("Apply", visible=False).click(board, inputs, [table, count], api_name="leaderboard",
+                                                        **LIGHT_QUEUE)
 
             with gr.Tab("Compare", id="compare"):
                 choices = compare_choices(store)
@@ -330,8 +329,7 @@ def build_app(store: sd.Store | None = None, backend: PlaygroundBackend | None =
                 _playground(backend, backend_note)
 
         refresh.click(lambda: refresh_hub(store), None, [notice, pick, base], api_name="refresh_hub",
-                      **LIGHT_QUEUE).then(board, inputs, [table, count],
-                                          api_name=False, **LIGHT_QUEUE)
+                      **LIGHT_QUEUE).then(board, inputs, [table, count], api_name=False, **LIGHT_QUEUE)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=LIGHT_LIMIT)
     return demo
 
