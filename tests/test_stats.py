@@ -145,6 +145,13 @@ def test_trained_masks_stitch_and_leave_base_alone(family, data_files, tmp_path)
     assert all(set(torch.unique(m).tolist()) <= {0, 1} for mk in masks for m in mk.values())
     merge(cfg, tmp_path / "out", progress=False)
     got, b, thetas = load_model(tmp_path / "out"), load_model(base), [load_model(e) for e in experts]
+    names = sorted(masks[0])
+    for mask, theta in zip(masks, thetas, strict=True):  # training moved the masks off their top-s start
+        taus = torch.cat([(theta[n].float() - b[n].float()).abs().flatten() for n in names])
+        k = int(meta["sparsity"] * taus.numel())
+        start = taus >= torch.sort(taus, descending=True).values[k - 1]
+        flipped = (torch.cat([mask[n].bool().flatten() for n in names]) != start).sum().item()
+        assert flipped > 0.01 * taus.numel(), flipped
     for n in merged_names(b, DEFAULT_SKIP):
         g = torch.stack([m[n].float() for m in masks])
         taus = torch.stack([t[n].float() - b[n].float() for t in thetas])
