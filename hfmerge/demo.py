@@ -25,18 +25,18 @@ from pathlib import Path
 
 from hfmerge.demo_data import DOMAINS, domain_rows, split_rows, write_dataset
 
-# base: lr 3e-3, warm-up + cosine decay; experts: lr 5e-4, few steps (the light regime in which they keep the
-# base's knowledge). ``eval_rows`` caps the validation / test splits (the reduced size).
-# ``study_sizes``: the subset sizes of the study's protocol.
+# base: lr 3e-3, warm-up + cosine decay; experts: lr 7e-4, few steps (the light regime in which they keep most of
+# the base's knowledge). ``eval_rows`` caps the validation / test splits (the reduced size).
+# ``study_sizes``, ``study_repeats``: the study's subset sizes and subsets per size (10 = every one of the 26).
 SIZES = {
-    "demo": dict(hidden=64, layers=2, base_steps=800, expert_steps=100, eval_rows=30, study_sizes=(2, 5),
-                 study_repeats=3, study_rows=30),
+    "demo": dict(hidden=64, layers=2, base_steps=800, expert_steps=100, eval_rows=30, study_sizes=(2, 3, 4, 5),
+                 study_repeats=10, study_rows=30),
     "test": dict(hidden=64, layers=2, base_steps=800, expert_steps=100, eval_rows=20, study_sizes=(2,),
                  study_repeats=3, study_rows=10),
 }
-BASE_LR, EXPERT_LR = 3e-3, 5e-4
-BASE_SHARE = 0.15  # share of each domain's training rows in the base's corpus
-GENERAL_REPEATS = 10  # the general facts' weight in the base's corpus
+BASE_LR, EXPERT_LR = 3e-3, 7e-4
+BASE_SHARE = 0.4  # share of each domain's training rows in the base's corpus: a generalist with partial skill
+GENERAL_REPEATS = 5  # the general facts' weight in the base's corpus
 FREEZE_EMBEDDINGS = True  # experts train every tensor a merge merges (all but the tied embeddings)
 
 
@@ -190,8 +190,10 @@ SETTINGS: dict[str, tuple[str, dict]] = {
     "dare": ("dare", {"drop_rate": 0.9, "scaling": 0.4}),
     "consensus": ("consensus", {"mask_lambda": 0.2, "k": 2, "scaling": 0.4}),
     "localize_stitch": ("localize_stitch", {"sparsity": 0.1}),
+    # 5 epochs: the validation splits hold 19-30 rows, and masks starting at ±3 need ~30 Adam steps at lr 0.1 to
+    # flip (with 1 epoch they stay the dataless top-s mask)
     "localize_stitch_trained": ("localize_stitch", {"variant": "trained", "sparsity": 0.1, "samples": 64,
-                                                    "split": "validation"}),
+                                                    "epochs": 5, "split": "validation"}),
     "fisher": ("fisher", {"samples": 64, "split": "validation"}),
     "regmean": ("regmean", {"reduction": 0.5, "samples": 64, "split": "validation"}),
 }
@@ -200,7 +202,8 @@ TUNE_GRID = "scaling=0.2:1.2:0.2"
 
 def merge_settings() -> dict[str, tuple[str, dict]]:
     """Every method of the registry: MergeBench's example setting, else the method's defaults (density 0.5 where
-    the default keeps every element; the validation split for a method that reads data)."""
+    the default keeps every element; λ 0.4, MergeBench's task-arithmetic example, where the default sums the task
+    vectors unnormalized; the validation split for a method that reads data)."""
     from hfmerge.methods.registry import METHODS
 
     plans = {name: (m, p) for name, (m, p) in SETTINGS.items() if m in METHODS}
@@ -210,6 +213,8 @@ def merge_settings() -> dict[str, tuple[str, dict]]:
         params = {}
         if "density" in method.params and method.params["density"].default == 1.0:
             params.update(density=0.5)  # the mergekit family keeps everything by default; 0.5 as its examples
+        if "normalize" in method.params and not method.params["normalize"].default:
+            params.update(scaling=0.4)  # an unnormalized sum of five task vectors: λ as MergeBench's TA example
         if "split" in method.params:
             params.update(split="validation")
         if "samples" in method.params:

@@ -12,6 +12,15 @@ COLORS = {
 }
 
 
+# every other method of the registry: the rest of matplotlib's tab20, in a fixed order
+EXTRA_COLORS = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d",
+                "#9edae5", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173"]
+OTHER_METHODS = ["model_stock", "tsv_m", "iso_c", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties",
+                 "della", "della_linear", "slerp", "nuslerp"]
+COLORS.update(zip(OTHER_METHODS, EXTRA_COLORS, strict=False))
+MAX_LABELS = 8  # a crowded plot labels its best points and the Playground's; the legend names the rest
+
+
 def _color(method: str) -> str:
     return COLORS.get(method, "#333333")
 
@@ -78,16 +87,31 @@ def tradeoff(rows: list[dict], x: str, xlabel: str, title: str, extra: list[dict
                    s=90 if marker == "*" else 45, label=None if method in seen else method, edgecolor="black",
                    linewidth=0.4, zorder=3)
         seen.add(method)
+    playground = set()
     for p in points:
         key = (round(p[x] / dx), round(p["norm_perf"] / dy))  # points this close share one label
+        if p.get("source") == "playground":
+            playground.add(key)
         where.setdefault(key, (p[x], p["norm_perf"]))
         names = spots.setdefault(key, [])
         name = p.get("label") or _point_name(p)
         if name not in names:
             names.append(name)
-    for key, names in spots.items():
-        ax.annotate("\n".join(names), where[key], textcoords="offset points", xytext=(5, 4), fontsize=7,
-                    va="bottom")
+    shown = sorted(spots, key=lambda k: -where[k][1])[:MAX_LABELS] if len(spots) > MAX_LABELS else list(spots)
+    shown += [k for k in spots if k in playground and k not in shown]
+    line = ((max(ys) - min(ys)) or 1.0) * 0.05  # one label line in y units (the axes are ≈ 25 lines tall)
+    placed: list[tuple[bool, int, float]] = []  # (goes left, x bucket, bottom) of the labels placed, top to bottom
+    for key in sorted(shown, key=lambda k: -where[k][1]):
+        px, py = where[key]
+        right = px > min(xs) + 0.7 * (max(xs) - min(xs))  # labels of right-hand points go to their left
+        bottom = py + 0.2 * line
+        for side, bx, above in placed:  # a label that could reach another one is stacked below it
+            if side == right and abs(bx - key[0]) <= 12:
+                bottom = min(bottom, above - len(spots[key]) * line)
+        placed.append((right, key[0], bottom))
+        ax.annotate("\n".join(spots[key]), (px, py), xytext=(-6 if right else 6, bottom),
+                    textcoords=("offset points", "data"), fontsize=7, va="bottom", ha="right" if right else "left",
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="#999999") if bottom < py - 0.5 * line else None)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("normalized performance (%)")
     ax.set_title(title)

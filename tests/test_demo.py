@@ -156,3 +156,29 @@ def test_unknown_size_is_one_line():
     result = CliRunner().invoke(app, ["demo", "--size", "huge"], prog_name="hfmerge")
     assert result.exit_code == 1 and "unknown demo size 'huge'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_merges_are_the_methods_applied_to_the_experts(demo):
+    """Task arithmetic's output equals θ₀ + λ·Σ τᵢ computed here from the published experts' files, and no two
+    methods wrote the same weights (a merge returning the base or one model for every method fails)."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    work, board = demo
+    mini = work / "mini-llama"
+    base = load_file(mini / "base" / "model.safetensors")
+    experts = [load_file(mini / f"expert-{d}" / "model.safetensors") for d in DOMAINS]
+    merged = load_file(work / "merges" / "task_arithmetic" / "model.safetensors")
+    lam = board["models"]["task_arithmetic"]["parameters"]["scaling"]
+    assert set(merged) == set(base)
+    for name, b in base.items():
+        want = b.double() + lam * sum(e[name].double() - b.double() for e in experts)
+        torch.testing.assert_close(merged[name].double(), want.to(b.dtype).double(), rtol=1e-5, atol=1e-6)
+    digests = {}
+    for name, row in board["models"].items():
+        if row["kind"] == "merge" and name != "task_arithmetic_tuned":
+            data = (work / "merges" / name / "model.safetensors").read_bytes()
+            digests.setdefault(hashlib.sha256(data).hexdigest(), []).append(name)
+    assert all(len(names) == 1 for names in digests.values()), digests  # trained L&S masks moved, too

@@ -194,8 +194,24 @@ def test_plots_and_empty_states(store):
         assert isinstance(f, Figure) and f.axes and f.axes[0].collections  # scatter points drawn
     assert f2.axes[0].get_xlabel().startswith("merge cost (peak memory")
     labels = "\n".join(t.get_text() for t in f1.axes[0].texts).splitlines()
-    assert all(any(x.startswith(r["method"]) for x in labels) for r in rows if r["source"] == "local")
+    legend = {t.get_text() for t in f1.axes[0].get_legend().get_texts()}
+    local = [r for r in rows if r["source"] == "local" and r["norm_perf"] is not None]
+    assert {r["method"] for r in local} <= legend  # every method is in the legend, once
+    assert len(f1.axes[0].texts) <= sp.MAX_LABELS  # a crowded plot labels its best points only
+    best = max(local, key=lambda r: r["norm_perf"])
+    assert any(x.startswith(best["method"]) for x in labels)
     assert "task_arithmetic (task_arithmetic_tuned)" in labels  # labeled by method, and by name when it says more
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(f1)  # the labels' texts never overlap each other (their arrows aside)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = []
+    for t in f1.axes[0].texts:
+        t.update_positions(renderer)
+        boxes.append(Text.get_window_extent(t, renderer))
+    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
     f1, f2, f3 = app.tradeoffs(store, "Gemma-2-2b", "Merge seconds")
     assert not f1.axes[0].collections and "No merge" in f1.axes[0].texts[0].get_text()
     assert f3.axes[0].collections
