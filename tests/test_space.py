@@ -296,7 +296,8 @@ def test_playground_backend_merges_and_scores(playground_family):
     status, table, fig, hist = app.playground_run(backend, "task_arithmetic", {"scaling": 0.5, "density": 0.3}, [])
     assert status.startswith("Merged with **task_arithmetic**"), status
     assert list(table["Domain"]) == ["expert1", "expert2"] and len(hist) == 1
-    assert 0 < hist[0]["norm_perf"] < 200 and hist[0]["label"] == "task_arithmetic λ=0.5"
+    assert hist[0]["label"] == "task_arithmetic λ=0.5"  # the point is the table's mean normalized score
+    assert hist[0]["norm_perf"] == pytest.approx(table["Normalized % (merge / expert)"].dropna().mean(), abs=0.01)
     assert isinstance(fig, Figure) and len(fig.axes[0].collections) == 2  # base + the new point
     status, *_ , hist2 = app.playground_run(backend, "ties", {"density": 0.0, "scaling": 1.0}, hist)
     assert status.startswith("**Merge failed:**") and "density" in status and hist2 == hist
