@@ -98,20 +98,7 @@ def tradeoff(rows: list[dict], x: str, xlabel: str, title: str, extra: list[dict
         if name not in names:
             names.append(name)
     shown = sorted(spots, key=lambda k: -where[k][1])[:MAX_LABELS] if len(spots) > MAX_LABELS else list(spots)
-    shown += [k for k in spots if k in playground and k not in shown]
-    line = ((max(ys) - min(ys)) or 1.0) * 0.05  # one label line in y units (the axes are ≈ 25 lines tall)
-    placed: list[tuple[bool, int, float]] = []  # (goes left, x bucket, bottom) of the labels placed, top to bottom
-    for key in sorted(shown, key=lambda k: -where[k][1]):
-        px, py = where[key]
-        right = px > min(xs) + 0.7 * (max(xs) - min(xs))  # labels of right-hand points go to their left
-        bottom = py + 0.2 * line
-        for side, bx, above in placed:  # a label that could reach another one is stacked below it
-            if side == right and abs(bx - key[0]) <= 12:
-                bottom = min(bottom, above - len(spots[key]) * line)
-        placed.append((right, key[0], bottom))
-        ax.annotate("\n".join(spots[key]), (px, py), xytext=(-6 if right else 6, bottom),
-                    textcoords=("offset points", "data"), fontsize=7, va="bottom", ha="right" if right else "left",
-                    arrowprops=dict(arrowstyle="-", lw=0.4, color="#999999") if bottom < py - 0.5 * line else None)
+    _labels(ax, spots, where, shown + [k for k in spots if k in playground and k not in shown], xs, ys)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("normalized performance (%)")
     ax.set_title(title)
@@ -121,6 +108,24 @@ def tradeoff(rows: list[dict], x: str, xlabel: str, title: str, extra: list[dict
     ax.margins(x=0.15, y=0.12)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
+
+
+def _labels(ax, spots: dict, where: dict, keys: list, xs: list[float], ys: list[float]) -> None:
+    """Annotate the points ``keys`` with their names, top to bottom; a label that could reach one placed above it
+    on the same side is stacked below that one (with a thin line to its point), so labels never overlap."""
+    line = ((max(ys) - min(ys)) or 1.0) * 0.05  # one label line in y units (the axes are ≈ 25 lines tall)
+    placed: list[tuple[bool, int, float]] = []  # (goes left, x bucket, bottom) of the labels placed so far
+    for key in sorted(keys, key=lambda k: -where[k][1]):
+        px, py = where[key]
+        right = px > min(xs) + 0.7 * (max(xs) - min(xs))  # labels of right-hand points go to their left
+        bottom = py + 0.2 * line
+        for side, bx, above in placed:
+            if side == right and abs(bx - key[0]) <= 12:  # within ≈ half the x range
+                bottom = min(bottom, above - len(spots[key]) * line)
+        placed.append((right, key[0], bottom))
+        ax.annotate("\n".join(spots[key]), (px, py), xytext=(-6 if right else 6, bottom),
+                    textcoords=("offset points", "data"), fontsize=7, va="bottom", ha="right" if right else "left",
+                    arrowprops=dict(arrowstyle="-", lw=0.4, color="#999999") if bottom < py - 0.5 * line else None)
 
 
 def published_strip(rows: list[dict]) -> Figure:
