@@ -10,6 +10,7 @@ import typer
 
 from hfmerge.cli_base import examples, usage_error
 from hfmerge.errors import HfMergeError
+from hfmerge.files import write_atomic
 
 
 def _model_arg(model: str):
@@ -111,7 +112,7 @@ def report(
             for m in merges}
     typer.echo(table(rows))
     if output:
-        output.write_text(json.dumps(rows, indent=2) + "\n")
+        write_atomic(output, json.dumps(rows, indent=2) + "\n")
 
 
 def tune(

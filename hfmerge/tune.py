@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from hfmerge.config import MergeConfig
 from hfmerge.engine import is_skipped, resolve_dtype
 from hfmerge.errors import HfMergeError
+from hfmerge.files import write_atomic
 from hfmerge.job import merge_state_dict
 from hfmerge.methods.registry import get_method
 from hfmerge.sources import FLOAT_DTYPES, open_checkpoint
@@ -172,8 +173,8 @@ def write_results(result: TuneResult, config: MergeConfig, out: Path) -> Path:
     """tune.json (every candidate, cost) and best.yaml (the config to merge with)."""
     out.mkdir(parents=True, exist_ok=True)
     best = replace(config, parameters=result.best["parameters"])
-    (out / "best.yaml").write_text(yaml.safe_dump(best.to_dict(), sort_keys=False))
-    (out / "tune.json").write_text(json.dumps({
+    write_atomic(out / "best.yaml", yaml.safe_dump(best.to_dict(), sort_keys=False))
+    write_atomic(out / "tune.json", json.dumps({
         "method": result.method, "best": result.best, "evaluations": len(result.rows), "merges": result.merges,
         "seconds": result.seconds, "rows": result.rows}, indent=2) + "\n")
     return out / "best.yaml"

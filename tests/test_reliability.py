@@ -687,3 +687,23 @@ def test_remote_headers_are_checked_as_strictly_as_local_ones(local_hub, referen
                          capture_output=True, text=True, env=_push_env(local_hub), timeout=300)
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "overlaps tensor" in res.stderr, res.stderr
     assert not (tmp_path / "outs").exists() or list((tmp_path / "outs").iterdir()) == []
+
+
+def test_result_files_are_written_whole(tmp_path, monkeypatch):
+    """results.json, tune.json, study.json and report outputs go through one rename: a failure mid-write leaves the
+    previous content and no temporary file."""
+    import os
+
+    from hfmerge.files import write_atomic
+
+    path = tmp_path / "results.json"
+    write_atomic(path, '{"old": 1}\n')
+    assert path.read_text() == '{"old": 1}\n'
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        write_atomic(path, '{"new": 2}\n')
+    assert path.read_text() == '{"old": 1}\n' and [p.name for p in tmp_path.iterdir()] == ["results.json"]

@@ -25,6 +25,7 @@ from types import ModuleType
 
 from hfmerge.config import MergeConfig
 from hfmerge.errors import HfMergeError
+from hfmerge.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir:
     revisions = _pin_revisions([c for c in ours if c.name in names], data_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").unlink(missing_ok=True)  # a run that fails leaves no earlier run's summary behind
     in_memory, revision = None, None
     if isinstance(model, MergeConfig):
         from hfmerge.engine import merge_state_dict
@@ -291,7 +293,7 @@ def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir:
         "limit": limit,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    (out / "results.json").write_text(json.dumps(compact, indent=2) + "\n")
+    write_atomic(out / "results.json", json.dumps(compact, indent=2) + "\n")
     return compact
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
 import re
 import time
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 from hfmerge.config import MergeConfig
 from hfmerge.errors import HfMergeError
 from hfmerge.eval.suites import Suite, get_suite
+from hfmerge.files import write_atomic
 from hfmerge.methods.registry import get_method
 
 STUDY_FILE = "study.json"
@@ -111,9 +111,7 @@ def _slug(text: str) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def _mean(values: list[float]) -> float | None:
