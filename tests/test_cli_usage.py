@@ -269,6 +269,10 @@ def test_user_errors_name_the_nearest_valid_name_before_any_hub_request(counting
         (["report", res[0], "--base", res[1], "--expert", f"math={res[2]}", "--domain", "math=mini_mth_test"],
          "(did you mean mini_math_test?)"),
         (["demo", "--size", "tset", "--workdir", out], "unknown demo size 'tset' (did you mean test?)"),
+        (["stats", "fishr", "org/expert", "--data", "org/data", "-o", out],
+         "unknown statistics 'fishr' (did you mean fisher?)"),
+        (["stats", "fisher", "org/expert", "--data", "org/data", "--prompt-format", "chatt", "-o", out],
+         "unknown prompt format 'chatt' (did you mean chat?)"),
     ]
     for argv, expected in cases:
         assert_user_error(*invoke(*argv), expected)

@@ -26,6 +26,7 @@ from types import ModuleType
 from hfmerge.config import MergeConfig
 from hfmerge.errors import HfMergeError
 from hfmerge.files import write_atomic
+from hfmerge.suggest import require
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,7 @@ def evaluate(model: str | Path | MergeConfig | InMemory, tasks: str, output_dir:
         raise HfMergeError(code_exec.REFUSAL)
     if code_samples < 1:
         raise HfMergeError(f"--code-samples must be ≥ 1 (got {code_samples})")
-    if safety_judge not in safety.JUDGES:
-        raise HfMergeError(f"unknown safety judge {safety_judge!r} (valid: {', '.join(safety.JUDGES)})")
+    require("safety judge", safety_judge, safety.JUDGES)
     judged = [n for n in names if n in (*hf_tasks.SAFETY_TASKS, "wildjailbreak_val")]
     if judged and safety_judge == "wildguard":
         judge_model = safety.resolve_judge(judge_model or safety.WILDGUARD_ID)  # a missing/gated judge fails now

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfmerge.errors import HfMergeError
+from hfmerge.suggest import require
 
 JUDGES = ("wildguard", "strmatch")
 WILDGUARD_ID = "allenai/wildguard"
@@ -159,8 +160,7 @@ _JUDGES: dict[tuple[str, str], Judge] = {}
 
 def get_judge(kind: str, ref: str | None = None) -> Judge:
     """The judge of this run, built once (WildGuard is a 7B model: loaded once, kept until ``release_judges``)."""
-    if kind not in JUDGES:
-        raise HfMergeError(f"unknown safety judge {kind!r} (valid: {', '.join(JUDGES)})")
+    require("safety judge", kind, JUDGES)
     key = (kind, ref or WILDGUARD_ID)
     if key not in _JUDGES:
         _JUDGES[key] = StrMatchJudge() if kind == "strmatch" else WildGuardJudge(ref or WILDGUARD_ID)

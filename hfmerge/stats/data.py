@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from hfmerge.errors import HfMergeError
+from hfmerge.suggest import require
 
 FIELDS = [("prompt", "completion"), ("prompt", "response"), ("query", "response"), ("instruction", "output"),
           ("instruction", "response"), ("inputs", "targets"), ("question", "answer")]
@@ -62,8 +63,7 @@ def pair(row: dict, origin: str) -> tuple[str, str]:
 def tokenize(rows: list[dict], tokenizer, fmt: str = "plain", max_length: int = 512,
              origin: str = "data") -> list[Example]:
     """Prompt + response token ids; labels mask the prompt (and padding) with -100."""
-    if fmt not in FORMATS:
-        raise HfMergeError(f"unknown prompt format {fmt!r} (valid: {', '.join(FORMATS)})")
+    require("prompt format", fmt, FORMATS)
     out = []
     for row in rows:
         prompt, response = pair(row, origin)

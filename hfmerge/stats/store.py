@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hfmerge.errors import HfMergeError
 from hfmerge.sources import Checkpoint, LocalReader
+from hfmerge.suggest import require
 
 KINDS = ("fisher", "regmean", "masks")
 STATS_FILE = "stats.safetensors"
@@ -55,8 +56,10 @@ def compute_stats(kind: str, model_ref: str, data: str, *, out: Path | None = No
                   sparsity: float = 0.1, lr: float = 0.1, epochs: int = 1, seed: int = 0,
                   progress: bool = True) -> Path:
     """Statistics of one model on ``data``; returns the folder holding them (``out`` or the cache)."""
-    if kind not in KINDS:
-        raise HfMergeError(f"unknown statistics {kind!r} (valid: {', '.join(KINDS)})")
+    from hfmerge.stats.data import FORMATS
+
+    require("statistics", kind, KINDS)
+    require("prompt format", prompt_format, FORMATS)  # before any model or dataset is fetched
     if kind == "masks" and not base_ref:
         raise HfMergeError("trained masks need the base model (--base)")
     settings = {"kind": kind, "model": fingerprint(model_ref), "data": fingerprint(data), "split": split,
