@@ -86,7 +86,10 @@ def generate(size: str, experts: int) -> None:
 
 
 def run(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS bytes of a subprocess."""
+    """Wall seconds and peak RSS bytes of a subprocess. The previous run's output is flushed to disk first
+    (``sync``), so its writeback is not timed as part of this run."""
+    os.sync()
+    time.sleep(1.0)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
