@@ -149,13 +149,18 @@ def rendered(store: sd.Store, handler):
     return fn
 
 
+def default_board(rows: list[dict]) -> tuple:
+    """The leaderboard's inputs as a page opens: every base, method and source, the first sort, descending."""
+    return sd.ALL_BASES, [], list(sd.SOURCES.values()), next(iter(sd.sort_options(rows))), True
+
+
 def warm(store: sd.Store) -> None:
     """Make the views visitors open first (the default leaderboard, each base's trade-off plots) before the app
     serves anyone (≈ 1 s per base on one core), so the first visitors neither wait for them nor share the cores
     with their drawing."""
-    board, plots = rendered(store, leaderboard), rendered(store, tradeoffs)
-    board(sd.ALL_BASES, [], list(sd.SOURCES.values()), next(iter(sd.sort_options(store.rows()))), True)
-    for base in sd.bases_of(store.rows()):
+    rows, plots = store.rows(), rendered(store, tradeoffs)
+    rendered(store, leaderboard)(*default_board(rows))
+    for base in sd.bases_of(rows):
         for cost in COST:
             plots(base, cost)
 
@@ -280,7 +285,7 @@ def build_app(store: sd.Store | None = None, backend: PlaygroundBackend | None =
                     sort = gr.Dropdown(sort_labels, value=sort_labels[0], label="Sort by", elem_id="lb-sort")
                     desc = gr.Checkbox(True, label="Descending", elem_id="lb-desc")
                     refresh = gr.Button("Refresh Hub", elem_id="refresh-hub", size="sm")
-                frame, summary = leaderboard(store, sd.ALL_BASES, [], list(sd.SOURCES.values()), sort_labels[0])
+                frame, summary = board(*default_board(rows))  # made already when the app was warmed
                 count = gr.Markdown(summary, elem_id="lb-count")
                 table = gr.Dataframe(frame, datatype=["markdown"] + ["str"] * (frame.shape[1] - 1),
                                      interactive=False, wrap=True, max_height=560, elem_id="leaderboard",
