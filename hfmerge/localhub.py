@@ -12,7 +12,7 @@ scale: a round trip per request, a bandwidth cap per connection, LFS resolves an
 "bridge" URL on another host name (``localhost``) signed for the exact range asked, a rate limit on
 ``/resolve`` calls answered by 429 with ``RateLimit`` / ``RateLimit-Policy`` headers, a proxy that ignores
 ``Range``, and injected faults (503s, connections cut mid-body, short bodies). ``server.hub.counters``
-counts what clients did.
+counts what clients did (``blob_bytes``: body bytes sent per file blob).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ class LocalHub:
         self.on_lfs_put = None  # test hook: called with the handler before an LFS upload is read
         self.realism = Realism()
         self.counters: Counter = Counter()
+        self.blob_bytes: Counter = Counter()  # body bytes sent per blob sha256 (what crossed the wire, per file)
         self.secret = hashlib.sha256(str(root).encode() + str(time.time_ns()).encode()).digest()
         self._window = (0.0, 0)  # (start, resolve calls in it)
         self._connections = 0
@@ -139,6 +140,7 @@ class LocalHub:
     def reset_counters(self) -> None:
         with self.lock:
             self.counters.clear()
+            self.blob_bytes.clear()
             self._window = (0.0, 0)
 
     # ---- blobs --------------------------------------------------------------------------------------------
@@ -592,7 +594,9 @@ class Handler(BaseHTTPRequestHandler):
                     data = fh.read(min(piece, limit - sent))
                     self.wfile.write(data)
                     sent += len(data)
-                    self.hub.count(body_bytes=len(data))
+                    with self.hub.lock:
+                        self.hub.counters["body_bytes"] += len(data)
+                        self.hub.blob_bytes[sha256] += len(data)
                     if real.bandwidth:
                         ahead = sent / real.bandwidth - (time.monotonic() - t0)
                         if ahead > 0:
