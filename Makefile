@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean chromium
+.PHONY: venv test lint demo bench clean chromium screenshots
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ chromium:
 test: $(STAMP) chromium
 	HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/ruff check hfmerge tests $(wildcard benchmarks/*.py)
 	HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -q tests
+
+# Refresh the README's screenshots of the deployed Space (the browser test, saving into space/screenshots).
+screenshots: $(STAMP) chromium
+	HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False HFMERGE_SCREENSHOTS=space/screenshots \
+		$(BIN)/python -m pytest -q tests/test_space_browser.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check hfmerge tests $(wildcard benchmarks/*.py)

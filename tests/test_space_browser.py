@@ -2,13 +2,14 @@
 
 The app is the copy `hfmerge space deploy` put on the loopback Hub, downloaded and run from its own files in a
 venv built from its requirements.txt (tests/space_deployed.py). Filters the leaderboard, compares merges, runs
-one Playground merge and generates, and saves a screenshot of each tab to space/screenshots/ (committed for the
-README). Every request must stay on 127.0.0.1.
+one Playground merge and generates, and saves a screenshot of each tab (to a temp folder, or to the folder
+``HFMERGE_SCREENSHOTS`` names: `make screenshots` refreshes the README's space/screenshots/). Every request must stay on 127.0.0.1.
 Chromium comes from apt (`apt-get install -y chromium`); without it this test FAILS, it does not skip.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,6 @@ import pytest
 SPACE = Path(__file__).resolve().parents[1] / "space"
 sys.path.insert(0, str(SPACE))
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = SPACE / "screenshots"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
@@ -32,13 +32,14 @@ def app_url(deployed_space):  # noqa: F811 - the copy deployed to the loopback H
     return deployed_space.url
 
 
-def test_space_in_chromium(app_url):
+def test_space_in_chromium(app_url, tmp_path):
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: install it with `apt-get install -y chromium` "
                     "(`make` installs it the same way); this test never skips")
     from playwright.sync_api import expect, sync_playwright
 
-    SHOTS.mkdir(exist_ok=True)
+    shots = Path(os.environ.get("HFMERGE_SCREENSHOTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
     started = time.time()
     n = len(list((deployed_space_folder(app_url)).iterdir())) + 1 + 81  # results folder + Hub + published
     requests, errors = [], []
@@ -63,7 +64,7 @@ def test_space_in_chromium(app_url):
             expect(table).to_contain_text("task_arithmetic_tuned")
             expect(table).to_contain_text("community-soup")  # the Hub model tagged hfmerge
             expect(table).not_to_contain_text("published (MergeBench paper)")
-            page.screenshot(path=str(SHOTS / "leaderboard.png"), full_page=True)
+            page.screenshot(path=str(shots / "leaderboard.png"), full_page=True)
             page.locator("#lb-methods input").click()
             page.get_by_role("option", name="ties", exact=True).click()
             page.keyboard.press("Escape")
@@ -81,13 +82,13 @@ def test_space_in_chromium(app_url):
             first, second = sorted(p.name for p in deployed_space_folder(app_url).iterdir())[:2]  # preselected
             expect(page.locator("#cmp-delta")).to_contain_text(f"Δ {second} vs {first}")
             expect(page.locator("#cmp-config")).to_contain_text("parameters.density")
-            page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+            page.screenshot(path=str(shots / "compare.png"), full_page=True)
 
             # Trade-offs: three figures rendered.
             page.get_by_role("tab", name="Trade-offs").click()
             for pid in ("#to-forgetting", "#to-cost", "#to-published"):
                 expect(page.locator(f"{pid} img")).to_be_visible(timeout=15_000)
-            page.screenshot(path=str(SHOTS / "tradeoffs.png"), full_page=True)
+            page.screenshot(path=str(shots / "tradeoffs.png"), full_page=True)
 
             # Playground: one TIES merge with moved sliders, its point on the plot, then generation side by side.
             page.get_by_role("tab", name="Playground").click()
@@ -103,14 +104,14 @@ def test_space_in_chromium(app_url):
             expect(page.locator("#pg-table")).to_contain_text("coding")
             page.locator("#pg-generate").click()
             expect(page.locator("#pg-out-b textarea")).not_to_have_value("", timeout=20_000)
-            page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
+            page.screenshot(path=str(shots / "playground.png"), full_page=True)
         finally:
             browser.close()
     hosts = {urlparse(u).hostname for u in requests if u.startswith("http")}
     assert hosts == {"127.0.0.1"}, f"requests left 127.0.0.1: {sorted(hosts)}"
     assert not errors, errors
     for name in ("leaderboard", "compare", "tradeoffs", "playground"):
-        shot = SHOTS / f"{name}.png"
+        shot = shots / f"{name}.png"
         assert shot.stat().st_size > 10_000 and shot.stat().st_mtime >= started  # written by this run
 
 
