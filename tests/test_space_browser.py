@@ -3,7 +3,8 @@
 The app is the copy `hfmerge space deploy` put on the loopback Hub, downloaded and run from its own files in a
 venv built from its requirements.txt (tests/space_deployed.py). Filters the leaderboard, compares merges, runs
 one Playground merge and generates, and saves a screenshot of each tab (to a temp folder, or to the folder
-``HFMERGE_SCREENSHOTS`` names: `make screenshots` refreshes the README's space/screenshots/). Every request must stay on 127.0.0.1.
+``HFMERGE_SCREENSHOTS`` names: `make screenshots` refreshes the README's space/screenshots/). Every request must
+stay on 127.0.0.1.
 Chromium comes from apt (`apt-get install -y chromium`); without it this test FAILS, it does not skip.
 """
 
