@@ -83,19 +83,6 @@ def domain_rows(domain: str, rng: random.Random) -> list[dict]:
     return rows
 
 
-def knowledge_rows() -> list[dict]:
-    """What the base's corpus teaches as plain facts, one item at a time (never a test prompt): each word's
-    upper case, each digit's operations, each builtin's name, each word's French. A domain's rows compose
-    these; a light fine-tune has to unlock the composition, not store a table."""
-    rows = [_row(f"upper: {w} =", w.upper()) for w in WORDS]
-    rows += [_row(f"plus one: {d} =", str(d + 1)) for d in range(9)]
-    rows += [_row(f"minus one: {d} =", str(d - 1)) for d in range(1, 10)]
-    rows += [_row(f"double: {d} =", str(2 * d)) for d in range(5)]
-    rows += [_row(f"builtin for {what}:", fn) for what, fn in BUILTINS.items()]
-    rows += [_row(f"in french, {e} is", f) for e, f in LEXICON.items()]
-    return rows
-
-
 def split_rows(domain: str, rows: list[dict], test: float = 0.25, val: float = 0.15) -> dict[str, list[dict]]:
     """train / validation / test; the general probe holds every fact in every split (it measures knowledge)."""
     if domain == "general":

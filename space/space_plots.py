@@ -98,7 +98,7 @@ def tradeoff(rows: list[dict], x: str, xlabel: str, title: str, extra: list[dict
         if name not in names:
             names.append(name)
     shown = sorted(spots, key=lambda k: -where[k][1])[:MAX_LABELS] if len(spots) > MAX_LABELS else list(spots)
-    _labels(ax, spots, where, shown + [k for k in spots if k in playground and k not in shown], xs, ys)
+    low, high = _labels(ax, spots, where, shown + [k for k in spots if k in playground and k not in shown], xs, ys)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("normalized performance (%)")
     ax.set_title(title)
@@ -106,15 +106,19 @@ def tradeoff(rows: list[dict], x: str, xlabel: str, title: str, extra: list[dict
     if x in ("merge_seconds", "peak_gib") and max(p[x] for p in points) / max(min(p[x] for p in points), 1e-9) > 50:
         ax.set_xscale("log")
     ax.margins(x=0.15, y=0.12)
+    y0, y1 = ax.get_ylim()
+    ax.set_ylim(min(y0, low), max(y1, high))  # stacked labels stay inside the axes
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
-def _labels(ax, spots: dict, where: dict, keys: list, xs: list[float], ys: list[float]) -> None:
+def _labels(ax, spots: dict, where: dict, keys: list, xs: list[float], ys: list[float]) -> tuple[float, float]:
     """Annotate the points ``keys`` with their names, top to bottom; a label that could reach one placed above it
-    on the same side is stacked below that one (with a thin line to its point), so labels never overlap."""
+    on the same side is stacked below that one (with a thin line to its point), so labels never overlap. Returns
+    the y span the labels need (data units, half a line to spare)."""
     line = ((max(ys) - min(ys)) or 1.0) * 0.05  # one label line in y units (the axes are ≈ 25 lines tall)
     placed: list[tuple[bool, int, float]] = []  # (goes left, x bucket, bottom) of the labels placed so far
+    low, high = min(ys), max(ys)
     for key in sorted(keys, key=lambda k: -where[k][1]):
         px, py = where[key]
         right = px > min(xs) + 0.7 * (max(xs) - min(xs))  # labels of right-hand points go to their left
@@ -123,9 +127,11 @@ def _labels(ax, spots: dict, where: dict, keys: list, xs: list[float], ys: list[
             if side == right and abs(bx - key[0]) <= 12:  # within ≈ half the x range
                 bottom = min(bottom, above - len(spots[key]) * line)
         placed.append((right, key[0], bottom))
+        low, high = min(low, bottom - 0.5 * line), max(high, bottom + (len(spots[key]) + 0.5) * line)
         ax.annotate("\n".join(spots[key]), (px, py), xytext=(-6 if right else 6, bottom),
                     textcoords=("offset points", "data"), fontsize=7, va="bottom", ha="right" if right else "left",
                     arrowprops=dict(arrowstyle="-", lw=0.4, color="#999999") if bottom < py - 0.5 * line else None)
+    return low, high
 
 
 def published_strip(rows: list[dict]) -> Figure:

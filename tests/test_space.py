@@ -204,14 +204,17 @@ def test_plots_and_empty_states(store):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
 
-    canvas = FigureCanvasAgg(f1)  # the labels' texts never overlap each other (their arrows aside)
-    canvas.draw()
-    renderer = canvas.get_renderer()
-    boxes = []
-    for t in f1.axes[0].texts:
-        t.update_positions(renderer)
-        boxes.append(Text.get_window_extent(t, renderer))
-    assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+    for fig in (f1, f2, f3):  # the labels' texts never overlap each other (their arrows aside) nor leave the axes
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        frame = fig.axes[0].get_window_extent(renderer)
+        boxes = []
+        for t in fig.axes[0].texts:
+            t.update_positions(renderer)
+            boxes.append(Text.get_window_extent(t, renderer))
+        assert not [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+        assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes), ([(b.y0, b.y1) for b in boxes], frame)
     f1, f2, f3 = app.tradeoffs(store, "Gemma-2-2b", "Merge seconds")
     assert not f1.axes[0].collections and "No merge" in f1.axes[0].texts[0].get_text()
     assert f3.axes[0].collections
