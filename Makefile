@@ -22,14 +22,15 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
+PYTEST := HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -q
+
 test: $(STAMP) chromium
 	HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_TELEMETRY=1 $(BIN)/ruff check hfmerge tests $(wildcard benchmarks/*.py)
-	HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python -m pytest -q tests
+	$(PYTEST) tests
 
 # Refresh the README's screenshots of the deployed Space (the browser test, saving into space/screenshots).
 screenshots: $(STAMP) chromium
-	HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False HFMERGE_SCREENSHOTS=space/screenshots \
-		$(BIN)/python -m pytest -q tests/test_space_browser.py
+	HFMERGE_SCREENSHOTS=space/screenshots $(PYTEST) tests/test_space_browser.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check hfmerge tests $(wildcard benchmarks/*.py)
